@@ -1,0 +1,59 @@
+"""Names that are part of the public contract (API group, labels, reasons) live in one place."""
+
+from __future__ import annotations
+
+from typing import Final
+
+API_GROUP: Final = "retrievetl.com"
+API_VERSION: Final = "v1alpha1"
+API_GROUP_VERSION: Final = f"{API_GROUP}/{API_VERSION}"
+
+KIND_APPLICATION: Final = "RetrieveApplication"
+KIND_INTEGRATION: Final = "Integration"
+PLURAL_APPLICATION: Final = "retrieveapplications"
+PLURAL_INTEGRATION: Final = "integrations"
+SHORT_APPLICATION: Final = "rapp"
+SHORT_INTEGRATION: Final = "rint"
+
+# Labels put on every child object (Kubernetes recommended labels).
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
+PRODUCT_NAME: Final = "retrieve"
+MANAGED_BY: Final = "retrieve-operator"
+
+ANNOTATION_REPLAY: Final = f"{API_GROUP}/replay-dead-letters"
+
+# Condition types and reasons (CamelCase, per the Kubernetes API conventions).
+CONDITION_READY: Final = "Ready"
+REASON_RECONCILED: Final = "Reconciled"
+REASON_APPLICATION_NOT_FOUND: Final = "ApplicationNotFound"
+REASON_DUPLICATE_INTEGRATION_ID: Final = "DuplicateIntegrationId"
+REASON_WEBHOOK_DISABLED: Final = "WebhookDisabled"
+REASON_SECRET_NOT_FOUND: Final = "SecretNotFound"
+REASON_REWRITE_TEST_FAILED: Final = "RewriteTestFailed"
+REASON_INVALID_SPEC: Final = "InvalidSpec"
+REASON_INTEGRATION_DISABLED: Final = "IntegrationDisabled"
+
+# The receiver's answers (DESIGN.md, "Receiver HTTP contract"). Acceptance tests match them.
+MSG_NOT_AUTHORIZED: Final = "This domain/IP ({sender}) isn't authorized on Retrieve"
+MSG_NOT_FOUND: Final = "Integration {id} not found"
+MSG_DISABLED: Final = "Integration {id} is disabled"
+MSG_INVALID_JSON: Final = "Invalid JSON payload: {detail}"
+MSG_INVALID_XML: Final = "Invalid XML payload: {detail}"
+MSG_INVALID_SIGNATURE: Final = "Invalid webhook signature"
+MSG_TOO_LARGE: Final = "Payload too large (limit {limit} bytes)"
+MSG_QUEUE_UNAVAILABLE: Final = "Queue unavailable, retry later"
+MSG_METHOD_NOT_ALLOWED: Final = "Method {method} not allowed"
+MSG_RATE_LIMITED: Final = "Rate limit exceeded, retry later"
+
+DEFAULT_MAX_BODY_BYTES: Final = 1024 * 1024
+DEFAULT_LOG_PAYLOAD_BYTES: Final = 64 * 1024
+DEFAULT_LOG_MAX_RECORDS: Final = 10_000
+DEFAULT_LOG_MAX_AGE_SECONDS: Final = 7 * 24 * 3600
+
+ENV_ALLOWED_LIST: Final = "RETRIEVE_ALLOWED_LIST"
+ENV_DNS_SERVERS: Final = "RETRIEVE_DNS_SERVERS"
+ENV_REDIS_URL: Final = "RETRIEVE_REDIS_URL"

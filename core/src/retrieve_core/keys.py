@@ -1,0 +1,69 @@
+"""The Redis key layout.
+
+Every key of one application carries the hash tag `{<namespace>/<app>}`: apps of the same name in
+two namespaces never share data, and one application's stream, logs, dedupe and counters live on
+one Redis Cluster shard (so MULTI pipelines and Lua scripts over them are legal there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Final
+
+CONSUMER_GROUP: Final = "retrieve-workers"
+KEY_PREFIX: Final = "retrieve"
+
+
+@dataclass(frozen=True, slots=True)
+class AppKeys:
+    namespace: str
+    app: str
+
+    @property
+    def tag(self) -> str:
+        return f"{{{self.namespace}/{self.app}}}"
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((KEY_PREFIX, self.tag, *parts))
+
+    @property
+    def jobs(self) -> str:
+        """Stream of jobs waiting for a worker (consumer group `CONSUMER_GROUP`)."""
+        return self._key("jobs")
+
+    @property
+    def dead_letters(self) -> str:
+        """Stream of jobs that failed for good; `retrieve replay` moves them back to `jobs`."""
+        return self._key("dead")
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set of job ids waiting for a retry, scored by the time they are due."""
+        return self._key("delayed")
+
+    @property
+    def delayed_payloads(self) -> str:
+        """Hash of job id -> encoded job for the entries of `delayed`."""
+        return self._key("delayed", "jobs")
+
+    @property
+    def log_index(self) -> str:
+        """Sorted set of webhook log record ids scored by their timestamp."""
+        return self._key("logs")
+
+    def log_record(self, record_id: str) -> str:
+        return self._key("log", record_id)
+
+    def dedupe(self, integration_id: str, delivery_id: str) -> str:
+        digest = hashlib.sha256(delivery_id.encode()).hexdigest()[:32]
+        return self._key("dedupe", integration_id, digest)
+
+    def counters(self, integration_id: str, bucket: int) -> str:
+        """Hash of per-minute counters (received, rejected, failed...) of one integration."""
+        return self._key("count", integration_id, str(bucket))
+
+    @property
+    def last_received(self) -> str:
+        """Hash of integration id -> unix time of the last accepted request."""
+        return self._key("last-received")

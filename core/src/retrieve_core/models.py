@@ -1,0 +1,237 @@
+"""Spec models of `RetrieveApplication` and `Integration` (DESIGN.md, "API group and resources").
+
+These pydantic models are the single source of truth for the custom resources: dev mode, the
+receiver, the worker and the operator validate with them, and the CRD schemas in `crds/` are
+generated from them (`retrieve_operator.crds`). Field names are the camelCase names users write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from .constants import DEFAULT_LOG_MAX_AGE_SECONDS, DEFAULT_LOG_MAX_RECORDS, DEFAULT_LOG_PAYLOAD_BYTES
+from .constants import DEFAULT_MAX_BODY_BYTES
+
+DOMAIN_PATTERN = (
+    r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
+)
+INTEGRATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+
+_DOMAIN_RE = re.compile(DOMAIN_PATTERN)
+
+
+class SpecModel(BaseModel):
+    """Base: camelCase names, unknown fields refused (a typo is an error, not a silent default)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+def is_domain(value: str) -> bool:
+    return bool(_DOMAIN_RE.match(value))
+
+
+def parse_network_entry(
+    entry: str,
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """An IP address or CIDR as a network, or None when the entry is not one."""
+    try:
+        return ipaddress.ip_network(entry.strip(), strict=False)
+    except ValueError:
+        return None
+
+
+def check_allowed_entry(entry: str) -> str:
+    """A whitelist entry is an IPv4/IPv6 address, a CIDR, or a domain name."""
+    value = entry.strip().lower()
+    if parse_network_entry(value) is not None or is_domain(value):
+        return value
+    raise ValueError(f"{entry!r} is not an IP address, a CIDR or a domain name")
+
+
+AllowedEntry = Annotated[str, Field(min_length=1, max_length=253)]
+
+
+# ---------------------------------------------------------------- RetrieveApplication
+
+class TLSSpec(SpecModel):
+    secret_name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    cluster_issuer: str | None = None
+
+
+class WebhookSpec(SpecModel):
+    enabled: bool = True
+    domain: str = Field(pattern=DOMAIN_PATTERN, max_length=253, description="host becomes webhook-<app>.<domain>")
+    ingress_class_name: str | None = None
+    tls: TLSSpec | None = None
+
+
+class SecretKeyRef(SpecModel):
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", max_length=253)
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
+class ComponentSpec(SpecModel):
+    replicas: int = Field(default=2, ge=0, le=100)
+    image: str | None = None
+    resources: dict[str, Any] = Field(default_factory=dict)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReceiverSpec(ComponentSpec):
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, le=64 * 1024 * 1024)
+
+
+class WorkerSpec(ComponentSpec):
+    concurrency: int = Field(default=16, ge=1, le=1024)
+
+
+class RedisSpec(SpecModel):
+    url: str | None = Field(default=None, pattern=r"^(redis|rediss|unix)://")
+    secret_key_ref: SecretKeyRef | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RedisSpec:
+        if self.url and self.secret_key_ref:
+            raise ValueError("set either url or secretKeyRef, not both")
+        return self
+
+
+class WebhookLogsSpec(SpecModel):
+    max_records: int = Field(default=DEFAULT_LOG_MAX_RECORDS, ge=10, le=10_000_000)
+    max_age_seconds: int = Field(default=DEFAULT_LOG_MAX_AGE_SECONDS, ge=60)
+    payload_bytes: int = Field(default=DEFAULT_LOG_PAYLOAD_BYTES, ge=0, le=16 * 1024 * 1024)
+
+
+class RetrieveApplicationSpec(SpecModel):
+    webhook: WebhookSpec
+    allowed_list: list[AllowedEntry] = Field(default_factory=list)
+    trusted_proxies: list[AllowedEntry] = Field(default_factory=list)
+    receiver: ReceiverSpec = Field(default_factory=ReceiverSpec)
+    worker: WorkerSpec = Field(default_factory=WorkerSpec)
+    redis: RedisSpec = Field(default_factory=RedisSpec)
+    webhook_logs: WebhookLogsSpec = Field(default_factory=WebhookLogsSpec)
+
+    @field_validator("allowed_list")
+    @classmethod
+    def _allowed(cls, value: list[str]) -> list[str]:
+        return [check_allowed_entry(v) for v in value]
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        for v in value:
+            if parse_network_entry(v) is None:
+                raise ValueError(f"{v!r} is not an IP address or a CIDR")
+        return [v.strip() for v in value]
+
+
+# ---------------------------------------------------------------- Integration
+
+class Preset(StrEnum):
+    SHOPIFY = "shopify"
+    WOOCOMMERCE = "woocommerce"
+    GITHUB = "github"
+    STRIPE = "stripe"
+    STANDARD_WEBHOOKS = "standard-webhooks"
+    GENERIC = "generic"
+
+
+class VerifySpec(SpecModel):
+    preset: Preset = Preset.GENERIC
+    secret_refs: list[SecretKeyRef] = Field(min_length=1, max_length=8)
+    header: str | None = Field(default=None, pattern=HEADER_NAME_PATTERN)
+    algorithm: Literal["hmac-sha1", "hmac-sha256", "hmac-sha512"] | None = None
+    encoding: Literal["base64", "hex"] | None = None
+    prefix: str | None = None
+    signed_content: str | None = Field(default=None, min_length=1)
+    timestamp_header: str | None = Field(default=None, pattern=r"^$|" + HEADER_NAME_PATTERN)
+    tolerance_seconds: int = Field(default=300, ge=1)
+
+    @model_validator(mode="after")
+    def _generic_needs_header(self) -> VerifySpec:
+        if self.preset is Preset.GENERIC and not self.header:
+            raise ValueError("preset 'generic' needs 'header' (where the signature is)")
+        return self
+
+
+class DedupeSpec(SpecModel):
+    header: str | None = Field(default=None, pattern=HEADER_NAME_PATTERN)
+    json_field: str | None = Field(default=None, min_length=1)
+    ttl_seconds: int = Field(default=86_400, ge=1, le=30 * 86_400)
+
+
+class RewriteTest(SpecModel):
+    name: str = Field(min_length=1)
+    input: Any = None
+    expect: dict[str, Any]
+
+
+class RewriteSpec(SpecModel):
+    javascript: str = Field(min_length=1, max_length=256 * 1024)
+    timeout_ms: int = Field(default=1000, ge=10, le=60_000)
+    memory_mib: int = Field(default=64, ge=8, le=1024)
+    tests: list[RewriteTest] = Field(default_factory=list)
+
+
+class HttpDestination(SpecModel):
+    url: str = Field(pattern=r"^https?://")
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: float = Field(default=10, gt=0, le=300)
+
+
+class Destination(SpecModel):
+    name: str = Field(pattern=DNS_LABEL_PATTERN)
+    http: HttpDestination
+
+
+class RetrySpec(SpecModel):
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    backoff_seconds: float = Field(default=2, ge=0, le=3600)
+    max_backoff_seconds: float = Field(default=300, ge=0, le=86_400)
+
+
+class IntegrationSpec(SpecModel):
+    application: str = Field(pattern=DNS_LABEL_PATTERN)
+    integration_id: str | None = Field(default=None, pattern=INTEGRATION_ID_PATTERN)
+    enabled: bool = True
+    verify: VerifySpec | None = None
+    dedupe: DedupeSpec | None = None
+    rewrite: RewriteSpec | None = None
+    field_mapping: dict[str, str] = Field(default_factory=dict)
+    destinations: list[Destination] = Field(default_factory=list)
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_destinations(cls, value: list[Destination]) -> list[Destination]:
+        names = [d.name for d in value]
+        if len(names) != len(set(names)):
+            raise ValueError("destination names must be unique")
+        return value
+
+
+def derive_integration_id(namespace: str, name: str) -> str:
+    """A stable id from namespace/name, so a GitOps re-create keeps the same URL (24 hex)."""
+    return hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:24]
+
+
+def effective_integration_id(namespace: str, name: str, spec: IntegrationSpec) -> str:
+    return spec.integration_id or derive_integration_id(namespace, name)
+
+
+def webhook_host(app_name: str, domain: str) -> str:
+    return f"webhook-{app_name}.{domain}"
