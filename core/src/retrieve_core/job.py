@@ -34,6 +34,9 @@ class Job(BaseModel):
     attempt: int = 0
     """How many processing attempts have already failed (0 for a fresh job)."""
     replayed: int = 0
+    deliveries: dict[str, int] = Field(default_factory=dict)
+    """Deliveries settled by earlier attempts, `"<destination>/<record index>"` -> HTTP status
+    (2xx delivered, 4xx refused for good), so a retry does not send them again."""
 
     def encode(self) -> dict[str, str]:
         return {JOB_FIELD: self.model_dump_json()}

@@ -14,6 +14,19 @@ from typing import Final
 CONSUMER_GROUP: Final = "retrieve-workers"
 KEY_PREFIX: Final = "retrieve"
 
+# Fields of the per-minute `counters` hashes (written by receivers and workers, read by the
+# operator into Integration status), the bucket width and how long a bucket is kept.
+COUNTER_RECEIVED: Final = "received"  # accepted and enqueued
+COUNTER_REJECTED: Final = "rejected"  # answered 4xx/5xx
+COUNTER_DUPLICATE: Final = "duplicate"  # answered 200, not enqueued again
+COUNTER_FAILED: Final = "failed"
+COUNTER_BUCKET_SECONDS: Final = 60
+COUNTER_TTL_SECONDS: Final = 2 * 3600
+
+
+def counter_bucket(timestamp: float) -> int:
+    return int(timestamp // COUNTER_BUCKET_SECONDS)
+
 
 @dataclass(frozen=True, slots=True)
 class AppKeys:

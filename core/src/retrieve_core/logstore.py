@@ -34,6 +34,7 @@ class LogStatus(StrEnum):
 
 class DestinationResult(BaseModel):
     name: str
+    record: int = 0
     status: int | None = None
     error: str = ""
     latency_ms: float = 0.0

@@ -1,0 +1,156 @@
+"""Receiver benchmark: bare aiohttp vs. our receiver accepting a 1 KiB JSON order into Redis.
+
+Prints, from one run on loopback, requests/s and p50/p99 latency at a fixed concurrency (wrk,
+a separate process) and latency at a fixed rate of 1,000 requests/s (an open-loop generator in
+a separate process). Usage: .venv/bin/python bench/receiver_bench.py [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from retrieve_cli.redis_process import PrivateRedis  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
+from tests.support.processes import write_config  # noqa: E402
+
+INTEGRATION = "507f1f77bcf86cd799439011"
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = io.open("{body}", "rb"):read("*a")
+"""
+
+
+def order_body(size: int = 1024) -> bytes:
+    order = {
+        "event": "order.created",
+        "order": {
+            "id": 123456, "order_number": "#1001", "email": "customer@example.com",
+            "total_price": "99.99", "currency": "USD",
+            "items": [{"product_id": 789, "sku": "TSHIRT-001", "quantity": 2, "price": "29.99"}],
+            "shipping_address": {"first_name": "John", "last_name": "Doe", "city": "New York"},
+            "note": "",
+        },
+        "created_at": "2025-12-10T14:30:00Z",
+    }
+    raw = json.dumps(order).encode()
+    order["order"]["note"] = "x" * (size - len(raw))  # type: ignore[index]
+    return json.dumps(order).encode()
+
+
+def wait_ready(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} never became ready")
+
+
+def wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), "--latency", url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+
+    def latency(label: str) -> float:
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert match, out
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    assert rps, out
+    return {
+        "rps": float(rps.group(1)), "p50_ms": latency("50"), "p99_ms": latency("99"),
+        "non_2xx": float(errors.group(1)) if errors else 0.0,
+    }
+
+
+def rate(url: str, body_file: Path, seconds: float, rps: int) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "rate_client.py"), url, "--rate", str(rps),
+         "--seconds", str(seconds), "--body-file", str(body_file)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    result: dict[str, float] = json.loads(out)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rate", type=int, default=1000)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+
+    work = Path(tempfile.mkdtemp(prefix="retrieve-bench-"))
+    body_file = work / "order.json"
+    body_file.write_bytes(order_body())
+    script = work / "post.lua"
+    script.write_text(WRK_SCRIPT.format(body=body_file))
+    config = write_config(work / "config", "http://127.0.0.1:9")
+    procs: list[subprocess.Popen[bytes]] = []
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    with PrivateRedis() as redis:
+        try:
+            bare_port = free_port()
+            procs.append(subprocess.Popen([sys.executable, str(REPO / "bench" / "bare_app.py"), str(bare_port)]))
+            port, admin = free_port(), free_port()
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "retrieve_cli.main", "--log-level", "WARNING", "receiver",
+                 "--config-dir", str(config), "--host", "127.0.0.1", "--port", str(port),
+                 "--admin-port", str(admin), "--redis-url", redis.url],
+                env={**os.environ, "PYTHONOPTIMIZE": "1"},
+            ))
+            wait_ready(f"http://127.0.0.1:{admin}/readyz")
+            time.sleep(0.5)
+            targets = {
+                "bare aiohttp (no Redis)": f"http://127.0.0.1:{bare_port}/integration/{INTEGRATION}",
+                "retrieve receiver (XADD + log)": f"http://127.0.0.1:{port}/integration/{INTEGRATION}",
+            }
+            for name, url in targets.items():
+                wrk(url, script, 2, args.connections)  # warm-up
+                results[name] = {
+                    "wrk": wrk(url, script, args.seconds, args.connections),
+                    "rate": rate(url, body_file, args.seconds, args.rate),
+                }
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(10)
+            shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nReceiver benchmark: 1 KiB JSON order, loopback, {os.cpu_count()} cores")
+    print(f"{'':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} | "
+          f"{'@' + str(args.rate) + '/s p50':>12} {'p99':>7} {'max':>7} {'ok':>6}")
+    for name, r in results.items():
+        w, f = r["wrk"], r["rate"]
+        print(f"{name:34} {w['rps']:9.0f} {w['p50_ms']:8.2f} {w['p99_ms']:8.2f} | "
+              f"{f['p50_ms']:12.2f} {f['p99_ms']:7.2f} {f['max_ms']:7.2f} {f['ok']:6.0f}")
+    names = list(results)
+    ratio = results[names[1]]["wrk"]["rps"] / results[names[0]]["wrk"]["rps"]
+    print(f"receiver throughput = {ratio:.0%} of bare aiohttp (target >= 50%); "
+          f"p99 at {args.rate}/s = {results[names[1]]['rate']['p99_ms']:.2f} ms (target < 10 ms)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Worker throughput benchmark (a script, not a test).
+
+Starts a private `redis-server` on a free port and an HTTP sink in a child process, enqueues N
+jobs the way the receiver does (log record + XADD in one MULTI), then runs one Worker in this
+process and reports jobs/s for (a) field mapping only and (b) a JS rewrite + field mapping.
+
+    python bench/worker_bench.py --jobs 20000 [--concurrency 128] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import pstats
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from retrieve_core.config import ApplicationConfig, IntegrationConfig, SecretStore
+from retrieve_core.job import Job, new_job_id
+from retrieve_core.logstore import LogRecord, LogStatus, add_record
+from retrieve_core.models import IntegrationSpec, RetrieveApplicationSpec
+from retrieve_core.provider import ConfigProvider
+from retrieve_worker import Worker, WorkerSettings
+
+REWRITE = """
+let job = jobData.job;
+let payload = job.data.data;
+let orders = Array.isArray(payload.orders) ? payload.orders : [payload.order || payload];
+return {jobStatus: 1, data: orders, message: `Processed ${orders.length} orders`};
+"""
+MAPPING = {"order_id": "id", "customer_email": "email", "total": "to_number(total_price)"}
+
+SINK = """
+import sys
+from aiohttp import web
+async def ok(request):
+    await request.read()
+    return web.Response(text='{"ok":true}', content_type="application/json")
+app = web.Application()
+app.router.add_post("/orders", ok)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), to see who is the bottleneck."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def make_app(name: str, sink_url: str, rewrite: bool) -> ApplicationConfig:
+    spec: dict[str, Any] = {
+        "application": name,
+        "fieldMapping": MAPPING,
+        "destinations": [{"name": "warehouse", "http": {"url": sink_url, "timeoutSeconds": 10}}],
+    }
+    if rewrite:
+        spec["rewrite"] = {"javascript": REWRITE}
+    return ApplicationConfig(
+        namespace="bench",
+        name=name,
+        spec=RetrieveApplicationSpec.model_validate({"webhook": {"domain": "example.com"}}),
+        integrations=(IntegrationConfig(id="orders", name="orders",
+                                        spec=IntegrationSpec.model_validate(spec)),),
+    )
+
+
+async def enqueue(redis: Redis, app: ApplicationConfig, count: int) -> None:
+    keys = app.keys
+    batch = 1000
+    for start in range(0, count, batch):
+        async with redis.pipeline(transaction=False) as pipe:
+            for n in range(start, min(start + batch, count)):
+                payload = {
+                    "event": "orders/create",
+                    "order": {"id": n, "email": f"c{n}@example.com", "total_price": "9.99"},
+                }
+                job = Job(
+                    id=new_job_id(), integration_id="orders", application=app.name,
+                    namespace=app.namespace, received_at=time.time(), source_ip="127.0.0.1",
+                    format="json", payload=payload,
+                )
+                record = LogRecord(
+                    id=job.id, ts=job.received_at, source_ip=job.source_ip,
+                    integration_id="orders", http_status=200, status=LogStatus.QUEUED,
+                    format="json", payload=json.dumps(payload),
+                )
+                add_record(pipe, keys, record, 3600)
+                pipe.xadd(keys.jobs, job.encode())  # type: ignore[arg-type]
+            await pipe.execute()
+
+
+async def scenario(
+    label: str, redis_url: str, sink_url: str, jobs: int, concurrency: int, rewrite: bool,
+    pids: dict[str, int], profile: bool = False,
+) -> float:
+    redis = Redis.from_url(redis_url)
+    app = make_app(f"{'rewrite' if rewrite else 'mapping'}-{int(time.time())}", sink_url, rewrite)
+    await enqueue(redis, app, jobs)
+    provider = ConfigProvider()
+    provider.update((app,), SecretStore())
+    worker = Worker(
+        WorkerSettings(redis_url=redis_url, concurrency=concurrency, consumer="bench",
+                       read_count=concurrency, log_trim_interval_seconds=3600),
+        provider,
+    )
+    labels = {"application": f"bench/{app.name}", "integration": "orders"}
+    started = time.perf_counter()
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    profiler = cProfile.Profile() if profile else None
+    if profiler:
+        profiler.enable()
+    task = asyncio.create_task(worker.run())
+    while True:
+        await asyncio.sleep(0.05)
+        done = worker.registry.get_sample_value(
+            "retrieve_worker_jobs_total", {**labels, "outcome": "succeeded"}
+        ) or 0
+        other = sum(
+            worker.registry.get_sample_value("retrieve_worker_jobs_total", {**labels, "outcome": o})
+            or 0
+            for o in ("failed", "retrying", "dead_letter")
+        )
+        if done + other >= jobs:
+            break
+        if task.done():
+            task.result()
+            raise RuntimeError("worker stopped early")
+    elapsed = time.perf_counter() - started
+    if profiler:
+        profiler.disable()
+    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+    worker.stop()
+    await task
+    left = await redis.xlen(app.keys.jobs)
+    await redis.aclose()
+    rate = jobs / elapsed
+    print(f"{label:<22} {jobs} jobs in {elapsed:6.2f} s = {rate:8.0f} jobs/s "
+          f"(not succeeded: {int(other)}, left in stream: {left})")
+    print("    CPU seconds: " + ", ".join(f"{name} {secs:.1f}" for name, secs in cpu.items())
+          + f"; {jobs / max(cpu['worker'], 1e-9):.0f} jobs per worker CPU-second")
+    if profiler:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+    return rate
+
+
+async def main(args: argparse.Namespace) -> None:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server is not installed (apt-get install redis-server)")
+    workdir = tempfile.mkdtemp(prefix="retrieve-bench-")
+    redis_port, sink_port = free_port(), free_port()
+    redis_proc = subprocess.Popen(
+        [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", workdir, "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL,
+    )
+    sink_proc = subprocess.Popen([sys.executable, "-c", SINK, str(sink_port)])
+    try:
+        wait_port(redis_port)
+        wait_port(sink_port)
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        sink_url = f"http://127.0.0.1:{sink_port}/orders"
+        for rewrite in (False, True):
+            if args.only and args.only != ("rewrite" if rewrite else "mapping"):
+                continue
+            label = "(b) rewrite + mapping" if rewrite else "(a) mapping only"
+            pids = {"worker": os.getpid(), "redis": redis_proc.pid, "sink": sink_proc.pid}
+            await scenario(
+                label, redis_url, sink_url, args.jobs, args.concurrency, rewrite, pids,
+                args.profile,
+            )
+    finally:
+        for proc in (sink_proc, redis_proc):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=128)
+    parser.add_argument("--only", choices=("mapping", "rewrite"))
+    parser.add_argument("--profile", action="store_true")
+    asyncio.run(main(parser.parse_args()))
+    print(f"(python {sys.version.split()[0]}, {Path(sys.executable).name})")

@@ -1,0 +1,1 @@
+"""The `retrieve` command line."""

@@ -1,0 +1,76 @@
+"""`retrieve dev`: receiver and worker in one process from a folder of manifests, no cluster.
+
+With no --redis-url a private `redis-server` is started on a free port and removed on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from retrieve_core.config import ApplicationConfig
+from retrieve_core.provider import ConfigProvider
+
+from .redis_process import PrivateRedis, RedisNotInstalled
+from .selection import clear_dev_state, write_dev_state
+from .serve import CommandError, _receiver_settings, _worker_settings, folder_source, run_until_signal
+
+
+def banner(apps: tuple[ApplicationConfig, ...], args: argparse.Namespace, redis_url: str) -> str:
+    base = f"http://{args.host}:{args.port}"
+    lines = [f"retrieve dev: receiver on {base}, admin on http://{args.host}:{args.admin_port}",
+             f"  redis: {redis_url}"]
+    for app in apps:
+        lines.append(f"  application {app.namespace}/{app.name} (Host: {app.host or 'disabled'})")
+        lines.append(f"    allowedList: {', '.join(app.spec.allowed_list) or '(empty: admits nobody)'}")
+        for integration in app.integrations:
+            state = "" if integration.spec.enabled else "  [disabled]"
+            lines.append(
+                f"    {integration.name}: {base}/integration/{integration.id}  (XML: .../xml){state}"
+            )
+    lines.append(f"  logs:   retrieve logs --config-dir {args.config_dir}")
+    lines.append("  Ctrl-C stops.")
+    return "\n".join(lines)
+
+
+async def _dev(args: argparse.Namespace, redis_url: str) -> None:
+    from retrieve_receiver.server import run_receiver
+    from retrieve_worker.worker import Worker
+
+    provider = ConfigProvider()
+    watch = folder_source(args.config_dir, provider)
+    args.redis_url = redis_url
+    receiver_settings = _receiver_settings(args, dev_mode=True)
+    worker = Worker(_worker_settings(args), provider)
+    print(banner(provider.current.applications, args, redis_url), file=sys.stderr, flush=True)
+    services: list[Any] = [
+        (watch(provider), None),
+        (run_receiver(receiver_settings, provider, args.host, args.port, args.host, args.admin_port), None),
+        (worker.run(), worker.stop),
+    ]
+    await run_until_signal(services)
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    private: PrivateRedis | None = None
+    try:
+        if args.redis_url:
+            redis_url = args.redis_url
+        else:
+            private = PrivateRedis().start()
+            redis_url = private.url
+        write_dev_state(redis_url, args.config_dir.resolve())
+        asyncio.run(_dev(args, redis_url))
+    except RedisNotInstalled as exc:
+        print(f"retrieve dev: {exc}", file=sys.stderr)
+        return 2
+    except CommandError as exc:
+        print(f"retrieve dev: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        clear_dev_state()
+        if private is not None:
+            private.stop()
+    return 0

@@ -1,0 +1,230 @@
+"""`retrieve receiver`, `retrieve worker` and the serving half of `retrieve dev`.
+
+A process gets its configuration from one source — a folder of manifests (no cluster) or the
+API server (the application's `<app>-config` ConfigMap and its Secrets) — into a
+`ConfigProvider`, and serves until SIGTERM/SIGINT, then drains: the receiver finishes requests in
+flight, the worker finishes jobs in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from retrieve_core.manifests import ManifestError, load_directory
+from retrieve_core.provider import ConfigProvider, watch_directory
+
+log = logging.getLogger("retrieve")
+
+SourceFactory = Callable[[ConfigProvider], Coroutine[Any, Any, None]]
+
+
+class CommandError(Exception):
+    """A problem reported to the user as one line, exit code 2."""
+
+
+def folder_source(directory: Path, provider: ConfigProvider) -> SourceFactory:
+    """Load the folder now (errors name file, object and field), then watch it for edits."""
+    try:
+        loaded = load_directory(directory)
+    except ManifestError as exc:
+        raise CommandError(str(exc)) from exc
+    if not loaded.applications:
+        raise CommandError(f"{directory}: no RetrieveApplication manifest found")
+    provider.update(loaded.applications, loaded.secrets)
+    return lambda p: watch_directory(p, directory)
+
+
+def cluster_source(args: argparse.Namespace) -> SourceFactory:
+    from retrieve_core.kubesource import watch_cluster_config
+
+    if not args.namespace or not args.app:
+        raise CommandError(
+            "reading config from the cluster needs --namespace and --app "
+            "(or RETRIEVE_NAMESPACE and RETRIEVE_APPLICATION)"
+        )
+    config_map = os.environ.get("RETRIEVE_CONFIG_MAP")
+    return lambda p: watch_cluster_config(p, args.namespace, args.app, config_map)
+
+
+def choose_source(args: argparse.Namespace, provider: ConfigProvider) -> SourceFactory:
+    if args.config_dir is not None:
+        return folder_source(args.config_dir, provider)
+    if args.from_cluster or os.environ.get("RETRIEVE_CONFIG_MAP") or args.app:
+        return cluster_source(args)
+    raise CommandError("where is the configuration? pass --config-dir DIR or --from-cluster")
+
+
+def worker_admin_app(registry: CollectorRegistry, provider: ConfigProvider, redis_url: str) -> web.Application:
+    """/healthz, /readyz and /metrics for a worker process."""
+    redis_key = web.AppKey("redis", Redis)
+
+    async def redis_ctx(app: web.Application) -> Any:
+        app[redis_key] = Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        yield
+        await app[redis_key].aclose()
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if not provider.loaded.is_set():
+            return web.json_response({"ready": False, "reason": "config not loaded"}, status=503)
+        try:
+            await request.app[redis_key].ping()
+        except (RedisError, OSError) as exc:
+            return web.json_response({"ready": False, "reason": f"redis: {exc}"}, status=503)
+        return web.json_response({"ready": True})
+
+    async def metrics(_: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(registry))
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return response
+
+    app = web.Application()
+    app.cleanup_ctx.append(redis_ctx)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def serve_app(app: web.Application, host: str, port: int) -> None:
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        await asyncio.Event().wait()
+    finally:
+        await asyncio.shield(runner.cleanup())
+
+
+Service = tuple[Awaitable[None], Callable[[], None] | None]
+"""A coroutine to run and how to stop it gracefully (None: cancel it, which drains too)."""
+
+
+async def run_until_signal(services: list[Service]) -> None:
+    """Run services until SIGTERM/SIGINT or until one ends; then stop every one and wait."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    tasks = [asyncio.ensure_future(coro) for coro, _ in services]
+    waiter = asyncio.ensure_future(stopping.wait())
+    failure: BaseException | None = None
+    try:
+        done, _ = await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not waiter and not task.cancelled() and task.exception() is not None:
+                failure = task.exception()
+    finally:
+        log.info("shutting down")
+        for task, (_, stop) in zip(tasks, services, strict=True):
+            if task.done():
+                continue
+            if stop is None:
+                task.cancel()
+            else:
+                stop()
+        await _finish(tasks)
+        waiter.cancel()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    if failure is not None:
+        raise failure
+
+
+async def _finish(tasks: list[asyncio.Future[None]], timeout: float = 40.0) -> None:
+    pending = [t for t in tasks if not t.done()]
+    if not pending:
+        return
+    _, still = await asyncio.wait(pending, timeout=timeout)
+    for task in still:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+def _receiver_settings(args: argparse.Namespace, *, dev_mode: bool) -> Any:
+    from retrieve_receiver.settings import ReceiverSettings
+
+    return ReceiverSettings.from_env(redis_url=args.redis_url, dev_mode=dev_mode)
+
+
+def _worker_settings(args: argparse.Namespace) -> Any:
+    from retrieve_worker.worker import WorkerSettings
+
+    claim_idle = os.environ.get("RETRIEVE_CLAIM_IDLE_SECONDS")
+    overrides: dict[str, Any] = {}
+    if claim_idle:
+        overrides["claim_idle_ms"] = int(float(claim_idle) * 1000)
+        overrides["claim_interval_seconds"] = min(10.0, max(0.5, float(claim_idle) / 2))
+    return WorkerSettings(
+        redis_url=args.redis_url or os.environ.get("RETRIEVE_REDIS_URL") or WorkerSettings.redis_url,
+        concurrency=getattr(args, "concurrency", None),
+        **overrides,
+    )
+
+
+async def _receiver_main(args: argparse.Namespace) -> None:
+    from retrieve_receiver.server import run_receiver
+
+    provider = ConfigProvider()
+    source = choose_source(args, provider)
+    settings = _receiver_settings(args, dev_mode=args.config_dir is not None)
+    await run_until_signal(
+        [
+            (source(provider), None),
+            (run_receiver(settings, provider, args.host, args.port, args.host, args.admin_port), None),
+        ]
+    )
+
+
+async def _worker_main(args: argparse.Namespace) -> None:
+    from retrieve_worker.worker import Worker
+
+    provider = ConfigProvider()
+    source = choose_source(args, provider)
+    settings = _worker_settings(args)
+    registry = CollectorRegistry()
+    worker = Worker(settings, provider, registry=registry)
+    admin = worker_admin_app(registry, provider, settings.redis_url)
+    await run_until_signal(
+        [
+            (source(provider), None),
+            (serve_app(admin, args.host, args.admin_port), None),
+            (worker.run(), worker.stop),
+        ]
+    )
+
+
+def _run(main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]], args: argparse.Namespace) -> int:
+    try:
+        asyncio.run(main(args))
+    except CommandError as exc:
+        print(f"retrieve: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_receiver(args: argparse.Namespace) -> int:
+    return _run(_receiver_main, args)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    return _run(_worker_main, args)

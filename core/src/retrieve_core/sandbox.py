@@ -1,0 +1,530 @@
+"""The rewrite-function sandbox (DESIGN.md, "Job and workflow contract").
+
+A rewrite function is a JavaScript function *body* run with `jobData` in scope. It runs in a plain
+V8 isolate (mini-racer): no module loader, no network, no file system (`require`, `fetch` and
+`process` do not exist, and no Python function is ever exposed to it), under a time limit
+(`timeoutMs`) and a heap limit (`memoryMiB`). `console.log/info/warn/error` are captured.
+
+Creating an isolate costs ~50 ms, so one context per integration (and code version) is kept and
+reused, with the user's function compiled once. A context that timed out or ran out of memory is
+thrown away and recreated on the next call. Calls block, so the async API runs them on a thread
+pool, one call at a time per context.
+
+`run_rewrite_tests` runs a spec's own examples through rewrite + field mapping; the operator uses
+it to refuse a version whose examples fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import hashlib
+import json
+import math
+import re
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from py_mini_racer import JSEvalException, JSOOMException, JSTimeoutException, MiniRacer
+
+from .job import Job
+from .mapping import FieldMapping, MappingError, apply_mapping, compile_mapping
+from .models import RewriteSpec, RewriteTest
+
+MAX_CONSOLE_LINES = 100
+MAX_CONSOLE_LINE_CHARS = 2000
+MAX_RESULT_CHARS = 16 * 1024 * 1024
+MAX_ERROR_CHARS = 2000
+
+RewriteErrorKind = Literal["thrown", "timeout", "memory", "shape", "compile"]
+
+
+class RewriteError(Exception):
+    """The rewrite function did not produce a usable result (thrown, timed out, OOM, bad shape)."""
+
+    def __init__(
+        self, message: str, *, kind: RewriteErrorKind = "thrown", console: list[str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.console = console or []
+
+
+@dataclass(frozen=True)
+class RewriteResult:
+    job_status: int
+    """1: success, `data` goes on; 0: the job failed on purpose (no retry)."""
+    data: Any
+    message: str = ""
+    console: list[str] = field(default_factory=list)
+
+
+# The prelude runs once per context. It replaces `console`, removes the few non-ECMAScript globals
+# mini-racer installs, compiles the user's body with `new Function` (so it cannot escape the
+# wrapper), and defines a non-writable entry point taking the JSON text of `jobData`.
+_PRELUDE = r"""
+(function (source, maxLines, maxLineChars, maxResultChars) {
+  'use strict';
+  const parse = JSON.parse, stringify = JSON.stringify, StringCtor = String;
+  const lines = [];
+  let dropped = 0;
+  const show = (v) => {
+    if (typeof v === 'string') return v;
+    if (v instanceof Error) return StringCtor(v);
+    try { const s = stringify(v); return s === undefined ? StringCtor(v) : s; }
+    catch (e) { return StringCtor(v); }
+  };
+  const logger = (prefix) => function () {
+    if (lines.length >= maxLines) { dropped++; return; }
+    let line = prefix + Array.prototype.map.call(arguments, show).join(' ');
+    if (line.length > maxLineChars) line = line.slice(0, maxLineChars) + '...';
+    lines.push(line);
+  };
+  const console = Object.freeze({
+    log: logger(''), info: logger('[info] '), debug: logger('[debug] '),
+    warn: logger('[warn] '), error: logger('[error] '),
+  });
+  const fixed = (name, value) =>
+    Object.defineProperty(globalThis, name, {value, writable: false, configurable: false});
+  fixed('console', console);
+  // Nothing asynchronous or outside ECMAScript: the function runs to completion, synchronously.
+  const extras = ['setTimeout', 'clearTimeout', '__timer_manager', '__TimerManager', 'WebAssembly'];
+  for (const name of extras) {
+    try { delete globalThis[name]; } catch (e) { globalThis[name] = undefined; }
+  }
+  const userFunction = new Function('jobData', source);
+  const run = function (input) {
+    lines.length = 0; dropped = 0;
+    let out;
+    try {
+      out = {ok: true, result: userFunction(parse(input))};
+    } catch (e) {
+      const text = (e && e.stack) ? StringCtor(e.stack) : StringCtor(e);
+      out = {ok: false, error: text};
+    }
+    if (dropped) lines.push('... ' + dropped + ' more console line(s) dropped');
+    out.console = lines.slice();
+    let text;
+    try { text = stringify(out); }
+    catch (e) {
+      text = stringify({ok: false, shape: 'a value that is not JSON: ' + e, console: out.console});
+    }
+    if (text === undefined) text = stringify({ok: true, console: out.console});
+    if (text.length > maxResultChars) {
+      const shape = 'a result larger than ' + maxResultChars + ' characters';
+      text = stringify({ok: false, shape, console: out.console});
+    }
+    return text;
+  };
+  fixed('__retrieveRun', run);
+  return true;
+})
+"""
+
+
+def code_key(integration_id: str, spec: RewriteSpec) -> str:
+    """Identifies one compiled version of an integration's rewrite function."""
+    digest = hashlib.sha256(spec.javascript.encode()).hexdigest()[:16]
+    return f"{integration_id}:{digest}:{spec.memory_mib}"
+
+
+_ERROR_LINE = re.compile(r"^(?:[\w$]*Error|Uncaught)\b.*$", re.MULTILINE)
+# A frame of the user's function: `new Function` puts its body after two header lines.
+_USER_FRAME = re.compile(r"eval at .*<anonymous>:(\d+):(\d+)\)")
+
+
+def describe_js_error(text: str) -> str:
+    """`TypeError: x is undefined (line 3, column 7)` from a V8 error text and stack."""
+    first = _ERROR_LINE.search(text)
+    message = first.group(0).strip() if first else (text.strip().splitlines() or ["error"])[0]
+    if not first and ":" in message and message.startswith(("<anonymous>", "undefined")):
+        message = message.split(":", 2)[-1].strip()
+    frame = _USER_FRAME.search(text)
+    if frame:
+        line, column = int(frame.group(1)) - 2, int(frame.group(2))
+        message = f"{message} (line {line}, column {column})"
+    return message[:MAX_ERROR_CHARS]
+
+
+def _has_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def parse_result(raw: Mapping[str, Any]) -> RewriteResult:
+    """Checks the shape of what the function returned: `{jobStatus: 1|0, data, message}`."""
+    console = [str(line) for line in raw.get("console", [])]
+    if "shape" in raw:
+        raise RewriteError(
+            f"rewrite function returned {raw['shape']}", kind="shape", console=console
+        )
+    if not raw.get("ok"):
+        message = describe_js_error(str(raw.get("error", "unknown error")))
+        raise RewriteError(f"rewrite function threw: {message}", kind="thrown", console=console)
+    if "result" not in raw:
+        raise RewriteError(
+            "rewrite function returned undefined; "
+            "it must return {jobStatus: 1 or 0, data, message}",
+            kind="shape",
+            console=console,
+        )
+    result = raw["result"]
+    if not isinstance(result, dict):
+        shown = json.dumps(result)[:200]
+        raise RewriteError(
+            f"rewrite function returned {shown}; it must return an object "
+            "{jobStatus: 1 or 0, data, message}",
+            kind="shape",
+            console=console,
+        )
+    if "jobStatus" not in result:
+        raise RewriteError(
+            "rewrite function returned an object without jobStatus (expected 1 or 0)",
+            kind="shape",
+            console=console,
+        )
+    status = result["jobStatus"]
+    if isinstance(status, bool) or status not in (0, 1):
+        raise RewriteError(
+            f"rewrite function returned jobStatus {json.dumps(status)[:100]} (expected 1 or 0)",
+            kind="shape",
+            console=console,
+        )
+    message = result.get("message", "")
+    if message is None:
+        message = ""
+    if not isinstance(message, str):
+        message = json.dumps(message)
+    if status == 1 and "data" not in result:
+        raise RewriteError(
+            "rewrite function returned jobStatus 1 without data", kind="shape", console=console
+        )
+    return RewriteResult(int(status), result.get("data"), message, console)
+
+
+class _Context:
+    """One isolate with one compiled rewrite function, bound to the event loop that made it.
+
+    mini-racer runs JavaScript on the isolate's own native thread and reports back to the loop,
+    so awaiting a call never blocks the loop; the lock keeps one call at a time per context
+    (the console buffer is per context).
+    """
+
+    def __init__(self, spec: RewriteSpec) -> None:
+        self.lock = asyncio.Lock()
+        self.broken = False
+        self.racer = MiniRacer()  # on the running loop: its async API is the one we use
+        memory_bytes = spec.memory_mib * 1024 * 1024
+        self.racer.set_hard_memory_limit(memory_bytes)
+        self.racer.set_soft_memory_limit(memory_bytes * 3 // 4)
+
+    async def compile(self, spec: RewriteSpec) -> None:
+        limits = f"{MAX_CONSOLE_LINES}, {MAX_CONSOLE_LINE_CHARS}, {MAX_RESULT_CHARS}"
+        code = f"{_PRELUDE}({json.dumps(spec.javascript)}, {limits})"
+        try:
+            await self._eval(code, max(spec.timeout_ms, 1000), spec)
+        except RewriteError as exc:
+            raise RewriteError(
+                exc.message.replace("rewrite function failed", "rewrite function does not compile"),
+                kind="compile" if exc.kind == "thrown" else exc.kind,
+            ) from exc
+
+    async def call(self, job_data: Any, spec: RewriteSpec) -> RewriteResult:
+        raw = await self._eval(
+            f"__retrieveRun({json.dumps(json.dumps(job_data))})", spec.timeout_ms, spec
+        )
+        if self.racer.was_hard_memory_limit_reached():
+            self.broken = True
+        if not isinstance(raw, str):
+            raise RewriteError("rewrite sandbox returned no result", kind="shape")
+        return parse_result(json.loads(raw))
+
+    async def _eval(self, code: str, timeout_ms: int, spec: RewriteSpec) -> Any:
+        try:
+            return await asyncio.wait_for(self.racer.eval_cancelable(code), timeout_ms / 1000)
+        except (TimeoutError, JSTimeoutException) as exc:
+            self.broken = True
+            raise RewriteError(
+                f"rewrite function timed out after {timeout_ms} ms", kind="timeout"
+            ) from exc
+        except JSOOMException as exc:
+            self.broken = True
+            raise RewriteError(
+                f"rewrite function exceeded its memory limit of {spec.memory_mib} MiB",
+                kind="memory",
+            ) from exc
+        except JSEvalException as exc:
+            # The wrapper catches what the function throws: an exception here is a compile error
+            # or an isolate that was terminated, which we do not reuse.
+            self.broken = True
+            raise RewriteError(
+                f"rewrite function failed: {describe_js_error(str(exc))}", kind="thrown"
+            ) from exc
+
+    def close(self) -> None:
+        self.broken = True
+        self.racer.close()
+
+
+_live_sandboxes: weakref.WeakSet[Sandbox] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_sandboxes() -> None:
+    # An isolate left open after a JS timeout keeps the interpreter from exiting.
+    for sandbox in list(_live_sandboxes):
+        sandbox.close()
+
+
+class Sandbox:
+    """A cache of rewrite contexts (LRU-bounded) for the event loop that uses it.
+
+    `await sandbox.run(key, spec, job_data)` never blocks the loop: JavaScript runs on the
+    isolate's thread, one call at a time per context, in parallel across contexts.
+    """
+
+    def __init__(self, max_contexts: int = 256) -> None:
+        self.max_contexts = max_contexts
+        self._contexts: OrderedDict[str, _Context] = OrderedDict()
+        self._closed = False
+        _live_sandboxes.add(self)
+
+    async def __aenter__(self) -> Sandbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def context_count(self) -> int:
+        return len(self._contexts)
+
+    async def _context(self, key: str, spec: RewriteSpec) -> _Context:
+        ctx = self._contexts.get(key)
+        if ctx is not None and not ctx.broken:
+            self._contexts.move_to_end(key)
+            return ctx
+        if self._closed:
+            raise RuntimeError("sandbox is closed")
+        # A new code version of an integration replaces the old one; the cache stays bounded.
+        integration = key.split(":", 1)[0] + ":"
+        for other in [k for k in self._contexts if k == key or k.startswith(integration)]:
+            self._retire(other)
+        while len(self._contexts) >= self.max_contexts:
+            self._retire(next(iter(self._contexts)))
+        ctx = _Context(spec)
+        self._contexts[key] = ctx
+        try:
+            await ctx.compile(spec)
+        except BaseException:
+            self._retire(key)
+            raise
+        return ctx
+
+    def _retire(self, key: str) -> None:
+        ctx = self._contexts.pop(key, None)
+        if ctx is None:
+            return
+        ctx.broken = True
+        if not ctx.lock.locked():
+            ctx.close()
+        # else: the call holding the lock closes it when it finishes
+
+    async def run(self, key: str, spec: RewriteSpec, job_data: Any) -> RewriteResult:
+        """Runs the rewrite function of `spec` (context `key`, see `code_key`) on `job_data`."""
+        while True:
+            ctx = await self._context(key, spec)
+            async with ctx.lock:
+                if ctx.broken:  # replaced while we waited for the lock
+                    if self._contexts.get(key) is ctx:
+                        self._retire(key)
+                    ctx.close()
+                    continue
+                try:
+                    return await ctx.call(job_data, spec)
+                finally:
+                    if ctx.broken:
+                        if self._contexts.get(key) is ctx:
+                            del self._contexts[key]
+                        ctx.close()
+
+    def forget(self, keep: Callable[[str], bool]) -> None:
+        """Closes the contexts whose key `keep` refuses (integrations removed from the config)."""
+        for key in [k for k in self._contexts if not keep(k)]:
+            self._retire(key)
+
+    def close(self) -> None:
+        self._closed = True
+        for key in list(self._contexts):
+            ctx = self._contexts.pop(key)
+            ctx.close()
+
+
+# ---------------------------------------------------------------- rewrite tests
+
+
+@dataclass(frozen=True)
+class RewriteTestFailure:
+    name: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"test {self.name!r}: {self.message}"
+
+
+_EXPECT_KEYS = {"jobStatus", "data", "message", "error"}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality of JSON values where true is not 1 and 1 is 1.0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0) or a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and bool(a == b)
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def json_differences(expected: Any, actual: Any, path: str = "", limit: int = 10) -> list[str]:
+    """Readable differences between two JSON values, by path (`data[0].total: ...`)."""
+    out: list[str] = []
+
+    def walk(exp: Any, act: Any, where: str) -> None:
+        if len(out) >= limit or _same(exp, act):
+            return
+        label = where or "value"
+        if isinstance(exp, dict) and isinstance(act, dict):
+            for key in exp:
+                if key not in act:
+                    out.append(f"{where}.{key}: expected {_show(exp[key])}, missing")
+                else:
+                    walk(exp[key], act[key], f"{where}.{key}")
+            for key in act:
+                if key not in exp and len(out) < limit:
+                    out.append(f"{where}.{key}: not expected, got {_show(act[key])}")
+            return
+        if isinstance(exp, list) and isinstance(act, list):
+            if len(exp) != len(act):
+                out.append(f"{label}: expected {len(exp)} item(s), got {len(act)}: {_show(act)}")
+                return
+            for i, (x, y) in enumerate(zip(exp, act, strict=True)):
+                walk(x, y, f"{where}[{i}]")
+            return
+        out.append(f"{label}: expected {_show(exp)}, got {_show(act)}")
+
+    walk(expected, actual, path)
+    return [line.lstrip(".") for line in out]
+
+
+def _test_job_data(payload: Any) -> dict[str, Any]:
+    job = Job(
+        id="rewrite-test",
+        integration_id="rewrite-test",
+        application="rewrite-test",
+        namespace="rewrite-test",
+        received_at=0.0,
+        source_ip="127.0.0.1",
+        format="json",
+        payload=payload,
+    )
+    return job.job_data()
+
+
+def run_rewrite_tests(
+    spec: RewriteSpec, field_mapping: Mapping[str, str] | None = None
+) -> list[RewriteTestFailure]:
+    """Blocking form of `check_rewrite_tests` (runs its own event loop, in a thread if needed)."""
+    if not _has_running_loop():
+        return asyncio.run(check_rewrite_tests(spec, field_mapping))
+    result: list[list[RewriteTestFailure]] = []
+
+    def target() -> None:
+        result.append(asyncio.run(check_rewrite_tests(spec, field_mapping)))
+
+    thread = threading.Thread(target=target, name="rewrite-tests")
+    thread.start()
+    thread.join()
+    if not result:
+        raise RuntimeError("rewrite tests did not run")
+    return result[0]
+
+
+async def check_rewrite_tests(
+    spec: RewriteSpec, field_mapping: Mapping[str, str] | None = None
+) -> list[RewriteTestFailure]:
+    """Runs each `rewrite.tests` example through rewrite + field mapping; [] when all pass.
+
+    `expect` may hold `jobStatus`, `data` (the records after field mapping: a list when the
+    function returned a list), `message`, and `error` (a substring of the error the function is
+    expected to raise). Each test gets a fresh context, so one cannot leak state into the next.
+    """
+    if not spec.tests:
+        return []
+    try:
+        mapping = compile_mapping(field_mapping or {})
+    except MappingError as exc:
+        return [RewriteTestFailure(t.name, str(exc)) for t in spec.tests]
+    failures: list[RewriteTestFailure] = []
+    async with Sandbox(max_contexts=1) as sandbox:
+        for number, test in enumerate(spec.tests):
+            failure = await _run_one_test(sandbox, f"rewrite-test:{number}", spec, test, mapping)
+            if failure is not None:
+                failures.append(failure)
+    return failures
+
+
+async def _run_one_test(
+    sandbox: Sandbox, key: str, spec: RewriteSpec, test: RewriteTest, mapping: FieldMapping
+) -> RewriteTestFailure | None:
+    expect = test.expect
+    unknown = sorted(set(expect) - _EXPECT_KEYS)
+    if unknown:
+        return RewriteTestFailure(
+            test.name,
+            f"unknown key(s) in expect: {', '.join(unknown)} "
+            f"(use {', '.join(sorted(_EXPECT_KEYS))})",
+        )
+    try:
+        result = await sandbox.run(key, spec, _test_job_data(test.input))
+    except RewriteError as exc:
+        if "error" in expect and str(expect["error"]) in exc.message:
+            return None
+        return RewriteTestFailure(test.name, exc.message)
+    if "error" in expect:
+        return RewriteTestFailure(
+            test.name,
+            f"expected an error containing {expect['error']!r}, got jobStatus {result.job_status}",
+        )
+    problems: list[str] = []
+    if "jobStatus" in expect and not _same(expect["jobStatus"], result.job_status):
+        problems.append(
+            f"jobStatus: expected {_show(expect['jobStatus'])}, got {result.job_status}"
+        )
+    if "message" in expect and expect["message"] != result.message:
+        problems.append(
+            f"message: expected {_show(expect['message'])}, got {_show(result.message)}"
+        )
+    if "data" in expect:
+        try:
+            data = apply_mapping(mapping, result.data)
+        except MappingError as exc:
+            problems.append(f"data: {exc}")
+        else:
+            problems.extend(json_differences(expect["data"], data, "data"))
+    return RewriteTestFailure(test.name, "; ".join(problems)) if problems else None

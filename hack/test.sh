@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Sets everything up and runs the whole test suite: lint, type checks, generated-file drift, and
+# every pytest tier (unit, real Redis, end-to-end CLI, real Kubernetes API server).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./hack/setup.sh
+
+# The real control plane (etcd, kube-apiserver, kube-controller-manager, kubectl, helm), built from
+# Go modules once per machine and cached (hack/testcluster/README.md).
+RETRIEVE_TESTCLUSTER_BIN=$(./hack/testcluster/build.sh | tail -n 1)
+export RETRIEVE_TESTCLUSTER_BIN
+
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+.venv/bin/python -m retrieve_operator.crds --check
+
+mkdir -p test-artifacts
+set +e
+.venv/bin/python -m pytest -p no:cacheprovider --junitxml=test-artifacts/junit.xml "$@"
+rc=$?
+set -e
+if [[ $rc -eq 5 ]]; then
+  echo "test.sh: pytest collected no tests: that is a failure" >&2
+  exit 1
+fi
+exit $rc
