@@ -38,8 +38,11 @@ def order_body(size: int = 1024) -> bytes:
     order = {
         "event": "order.created",
         "order": {
-            "id": 123456, "order_number": "#1001", "email": "customer@example.com",
-            "total_price": "99.99", "currency": "USD",
+            "id": 123456,
+            "order_number": "#1001",
+            "email": "customer@example.com",
+            "total_price": "99.99",
+            "currency": "USD",
             "items": [{"product_id": 789, "sku": "TSHIRT-001", "quantity": 2, "price": "29.99"}],
             "shipping_address": {"first_name": "John", "last_name": "Doe", "city": "New York"},
             "note": "",
@@ -65,7 +68,9 @@ def wait_ready(url: str, timeout: float = 30) -> None:
 def wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), "--latency", url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
 
     def latency(label: str) -> float:
@@ -78,16 +83,29 @@ def wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str, flo
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     assert rps, out
     return {
-        "rps": float(rps.group(1)), "p50_ms": latency("50"), "p99_ms": latency("99"),
+        "rps": float(rps.group(1)),
+        "p50_ms": latency("50"),
+        "p99_ms": latency("99"),
         "non_2xx": float(errors.group(1)) if errors else 0.0,
     }
 
 
 def rate(url: str, body_file: Path, seconds: float, rps: int) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "rate_client.py"), url, "--rate", str(rps),
-         "--seconds", str(seconds), "--body-file", str(body_file)],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            str(REPO / "bench" / "rate_client.py"),
+            url,
+            "--rate",
+            str(rps),
+            "--seconds",
+            str(seconds),
+            "--body-file",
+            str(body_file),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     result: dict[str, float] = json.loads(out)
     return result
@@ -113,14 +131,35 @@ def main() -> None:
     with PrivateRedis() as redis:
         try:
             bare_port = free_port()
-            procs.append(subprocess.Popen([sys.executable, str(REPO / "bench" / "bare_app.py"), str(bare_port)]))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(REPO / "bench" / "bare_app.py"), str(bare_port)]
+                )
+            )
             port, admin = free_port(), free_port()
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "retrieve_cli.main", "--log-level", "WARNING", "receiver",
-                 "--config-dir", str(config), "--host", "127.0.0.1", "--port", str(port),
-                 "--admin-port", str(admin), "--redis-url", redis.url],
-                env={**os.environ, "PYTHONOPTIMIZE": "1"},
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "retrieve_cli.main",
+                        "--log-level",
+                        "WARNING",
+                        "receiver",
+                        "--config-dir",
+                        str(config),
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--admin-port",
+                        str(admin),
+                        "--redis-url",
+                        redis.url,
+                    ],
+                    env={**os.environ, "PYTHONOPTIMIZE": "1"},
+                )
+            )
             wait_ready(f"http://127.0.0.1:{admin}/readyz")
             time.sleep(0.5)
             targets = {
@@ -140,16 +179,22 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nReceiver benchmark: 1 KiB JSON order, loopback, {os.cpu_count()} cores")
-    print(f"{'':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} | "
-          f"{'@' + str(args.rate) + '/s p50':>12} {'p99':>7} {'max':>7} {'ok':>6}")
+    print(
+        f"{'':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} | "
+        f"{'@' + str(args.rate) + '/s p50':>12} {'p99':>7} {'max':>7} {'ok':>6}"
+    )
     for name, r in results.items():
         w, f = r["wrk"], r["rate"]
-        print(f"{name:34} {w['rps']:9.0f} {w['p50_ms']:8.2f} {w['p99_ms']:8.2f} | "
-              f"{f['p50_ms']:12.2f} {f['p99_ms']:7.2f} {f['max_ms']:7.2f} {f['ok']:6.0f}")
+        print(
+            f"{name:34} {w['rps']:9.0f} {w['p50_ms']:8.2f} {w['p99_ms']:8.2f} | "
+            f"{f['p50_ms']:12.2f} {f['p99_ms']:7.2f} {f['max_ms']:7.2f} {f['ok']:6.0f}"
+        )
     names = list(results)
     ratio = results[names[1]]["wrk"]["rps"] / results[names[0]]["wrk"]["rps"]
-    print(f"receiver throughput = {ratio:.0%} of bare aiohttp (target >= 50%); "
-          f"p99 at {args.rate}/s = {results[names[1]]['rate']['p99_ms']:.2f} ms (target < 10 ms)")
+    print(
+        f"receiver throughput = {ratio:.0%} of bare aiohttp (target >= 50%); "
+        f"p99 at {args.rate}/s = {results[names[1]]['rate']['p99_ms']:.2f} ms (target < 10 ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.receiver.dns_server import LoopbackDNS
 from tests.support.ports import free_port
 from tests.support.processes import RetrieveProcess, Sink, write_config
 from tests.support.redis_server import RedisServer
@@ -56,7 +57,10 @@ EXTRA: list[dict[str, Any]] = [
         "spec": {
             "application": "yourapp",
             "integrationId": "GITHUB1",
-            "verify": {"preset": "github", "secretRefs": [{"name": "github-webhook", "key": "secret"}]},
+            "verify": {
+                "preset": "github",
+                "secretRefs": [{"name": "github-webhook", "key": "secret"}],
+            },
             "destinations": [{"name": "sink", "http": {"url": "http://127.0.0.1:9/github"}}],
             "retry": {"maxAttempts": 3, "backoffSeconds": 0.2, "maxBackoffSeconds": 1},
         },
@@ -85,9 +89,19 @@ class DevServer:
         self.redis_url = redis_url
         self.config_dir = config_dir
         self.process = RetrieveProcess(
-            ["dev", "--config-dir", str(config_dir), "--host", "127.0.0.1",
-             "--port", str(self.port), "--admin-port", str(self.admin_port),
-             "--redis-url", redis_url],
+            [
+                "dev",
+                "--config-dir",
+                str(config_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--admin-port",
+                str(self.admin_port),
+                "--redis-url",
+                redis_url,
+            ],
             env={"RETRIEVE_CLAIM_IDLE_SECONDS": "2", **(env or {})},
         )
 
@@ -105,9 +119,30 @@ class DevServer:
         return self.start()
 
 
+# Reverse and forward records for the domain-whitelist tests (partner.test is whitelisted).
+DNS_RECORDS = {
+    ("PTR", "4.0.0.127.in-addr.arpa"): ["hook.partner.test"],
+    ("A", "hook.partner.test"): ["127.0.0.4"],
+    ("PTR", "5.0.0.127.in-addr.arpa"): ["mail.elsewhere.example"],
+    ("A", "mail.elsewhere.example"): ["127.0.0.5"],
+    ("PTR", "6.0.0.127.in-addr.arpa"): ["spoof.partner.test"],
+    ("A", "spoof.partner.test"): ["127.0.0.9"],
+}
+
+
+@pytest.fixture(scope="session")
+def dns_server() -> Iterator[LoopbackDNS]:
+    """Every dev server resolves through this loopback DNS server, never the system's."""
+    with LoopbackDNS(DNS_RECORDS) as server:
+        yield server
+
+
 @pytest.fixture
-def dev_server(config_dir: Path, private_redis_server: RedisServer) -> Iterator[DevServer]:
-    server = DevServer(config_dir, private_redis_server.url).start()
+def dev_server(
+    config_dir: Path, private_redis_server: RedisServer, dns_server: LoopbackDNS
+) -> Iterator[DevServer]:
+    env = {"RETRIEVE_DNS_SERVERS": f"127.0.0.1:{dns_server.port}"}
+    server = DevServer(config_dir, private_redis_server.url, env).start()
     try:
         yield server
     finally:

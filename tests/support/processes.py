@@ -111,7 +111,9 @@ def write_config(directory: Path, sink_url: str, extra: Sequence[dict[str, Any]]
     if extra:
         documents = json.loads(json.dumps(list(extra)))  # a deep copy the caller keeps intact
         _point_destinations_at(documents, sink_url)
-        (directory / "90-test-extra.yaml").write_text(yaml.safe_dump_all(documents, sort_keys=False))
+        (directory / "90-test-extra.yaml").write_text(
+            yaml.safe_dump_all(documents, sort_keys=False)
+        )
     return directory
 
 

@@ -15,21 +15,30 @@ from retrieve_core.provider import ConfigProvider
 
 from .redis_process import PrivateRedis, RedisNotInstalled
 from .selection import clear_dev_state, write_dev_state
-from .serve import CommandError, _receiver_settings, _worker_settings, folder_source, run_until_signal
+from .serve import (
+    CommandError,
+    _receiver_settings,
+    _worker_settings,
+    folder_source,
+    run_until_signal,
+)
 
 
 def banner(apps: tuple[ApplicationConfig, ...], args: argparse.Namespace, redis_url: str) -> str:
     base = f"http://{args.host}:{args.port}"
-    lines = [f"retrieve dev: receiver on {base}, admin on http://{args.host}:{args.admin_port}",
-             f"  redis: {redis_url}"]
+    lines = [
+        f"retrieve dev: receiver on {base}, admin on http://{args.host}:{args.admin_port}",
+        f"  redis: {redis_url}",
+    ]
     for app in apps:
         lines.append(f"  application {app.namespace}/{app.name} (Host: {app.host or 'disabled'})")
-        lines.append(f"    allowedList: {', '.join(app.spec.allowed_list) or '(empty: admits nobody)'}")
+        lines.append(
+            f"    allowedList: {', '.join(app.spec.allowed_list) or '(empty: admits nobody)'}"
+        )
         for integration in app.integrations:
             state = "" if integration.spec.enabled else "  [disabled]"
-            lines.append(
-                f"    {integration.name}: {base}/integration/{integration.id}  (XML: .../xml){state}"
-            )
+            url = f"{base}/integration/{integration.id}"
+            lines.append(f"    {integration.name}: {url}  (XML: {url}/xml){state}")
     lines.append(f"  logs:   retrieve logs --config-dir {args.config_dir}")
     lines.append("  Ctrl-C stops.")
     return "\n".join(lines)
@@ -47,7 +56,12 @@ async def _dev(args: argparse.Namespace, redis_url: str) -> None:
     print(banner(provider.current.applications, args, redis_url), file=sys.stderr, flush=True)
     services: list[Any] = [
         (watch(provider), None),
-        (run_receiver(receiver_settings, provider, args.host, args.port, args.host, args.admin_port), None),
+        (
+            run_receiver(
+                receiver_settings, provider, args.host, args.port, args.host, args.admin_port
+            ),
+            None,
+        ),
         (worker.run(), worker.stop),
     ]
     await run_until_signal(services)

@@ -7,6 +7,8 @@ import asyncio
 import datetime as dt
 import json
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -45,15 +47,27 @@ def _time(ts: float) -> str:
 
 def render_table(records: list[LogRecord], *, payload: bool) -> Table:
     table = Table(show_lines=payload)
-    for column in ("time (UTC)", "source IP", "integration", "HTTP", "status", "attempts", "message"):
+    for column in (
+        "time (UTC)",
+        "source IP",
+        "integration",
+        "HTTP",
+        "status",
+        "attempts",
+        "message",
+    ):
         table.add_column(column, overflow="fold")
     if payload:
         table.add_column("payload", overflow="fold")
     for r in records:
         message = r.error or r.message
         row = [
-            _time(r.ts), r.source_ip, r.integration_id or "-", str(r.http_status),
-            f"[{_STATUS_STYLE.get(r.status, 'white')}]{r.status.value}[/]", str(r.attempts),
+            _time(r.ts),
+            r.source_ip,
+            r.integration_id or "-",
+            str(r.http_status),
+            f"[{_STATUS_STYLE.get(r.status, 'white')}]{r.status.value}[/]",
+            str(r.attempts),
             message,
         ]
         if payload:
@@ -114,9 +128,11 @@ async def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(coro_factory: object, args: argparse.Namespace) -> int:
+def _run(
+    main: Callable[[argparse.Namespace], Coroutine[Any, Any, int]], args: argparse.Namespace
+) -> int:
     try:
-        return asyncio.run(coro_factory(args))  # type: ignore[operator]
+        return asyncio.run(main(args))
     except UsageError as exc:
         print(f"retrieve: {exc}", file=sys.stderr)
         return 2

@@ -73,12 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         _add_redis(cmd, required=False)
         if name == "receiver":
             cmd.add_argument("--host", default=os.environ.get("RETRIEVE_HOST", "0.0.0.0"))
-            cmd.add_argument("--port", type=int, default=int(os.environ.get("RETRIEVE_PORT", 8080)))
+            port = int(os.environ.get("RETRIEVE_PORT", "8080"))
+            cmd.add_argument("--port", type=int, default=port)
         else:
             cmd.add_argument("--concurrency", type=int, default=None)
             cmd.add_argument("--host", default=os.environ.get("RETRIEVE_HOST", "0.0.0.0"))
         cmd.add_argument(
-            "--admin-port", type=int, default=int(os.environ.get("RETRIEVE_ADMIN_PORT", 8081))
+            "--admin-port", type=int, default=int(os.environ.get("RETRIEVE_ADMIN_PORT", "8081"))
         )
         cmd.set_defaults(handler=_lazy("retrieve_cli.serve", target))
 

@@ -84,7 +84,9 @@ def resolve_targets(args: argparse.Namespace, integration: str | None) -> list[T
         and (not args.namespace or a.namespace == args.namespace)
     ]
     if integration:
-        owning = [a for a in candidates if any(integration in (i.id, i.name) for i in a.integrations)]
+        owning = [
+            a for a in candidates if any(integration in (i.id, i.name) for i in a.integrations)
+        ]
         candidates = owning or candidates
         if len(candidates) > 1:
             names = ", ".join(f"{a.namespace}/{a.name}" for a in candidates)

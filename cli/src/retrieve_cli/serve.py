@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,9 @@ def choose_source(args: argparse.Namespace, provider: ConfigProvider) -> SourceF
     raise CommandError("where is the configuration? pass --config-dir DIR or --from-cluster")
 
 
-def worker_admin_app(registry: CollectorRegistry, provider: ConfigProvider, redis_url: str) -> web.Application:
+def worker_admin_app(
+    registry: CollectorRegistry, provider: ConfigProvider, redis_url: str
+) -> web.Application:
     """/healthz, /readyz and /metrics for a worker process."""
     redis_key = web.AppKey("redis", Redis)
 
@@ -148,7 +150,7 @@ async def run_until_signal(services: list[Service]) -> None:
         raise failure
 
 
-async def _finish(tasks: list[asyncio.Future[None]], timeout: float = 40.0) -> None:
+async def _finish(tasks: Sequence[asyncio.Future[None]], timeout: float = 40.0) -> None:
     pending = [t for t in tasks if not t.done()]
     if not pending:
         return
@@ -175,7 +177,9 @@ def _worker_settings(args: argparse.Namespace) -> Any:
         overrides["claim_idle_ms"] = int(float(claim_idle) * 1000)
         overrides["claim_interval_seconds"] = min(10.0, max(0.5, float(claim_idle) / 2))
     return WorkerSettings(
-        redis_url=args.redis_url or os.environ.get("RETRIEVE_REDIS_URL") or WorkerSettings.redis_url,
+        redis_url=args.redis_url
+        or os.environ.get("RETRIEVE_REDIS_URL")
+        or WorkerSettings.redis_url,
         concurrency=getattr(args, "concurrency", None),
         **overrides,
     )
@@ -190,7 +194,10 @@ async def _receiver_main(args: argparse.Namespace) -> None:
     await run_until_signal(
         [
             (source(provider), None),
-            (run_receiver(settings, provider, args.host, args.port, args.host, args.admin_port), None),
+            (
+                run_receiver(settings, provider, args.host, args.port, args.host, args.admin_port),
+                None,
+            ),
         ]
     )
 
@@ -213,7 +220,9 @@ async def _worker_main(args: argparse.Namespace) -> None:
     )
 
 
-def _run(main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]], args: argparse.Namespace) -> int:
+def _run(
+    main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]], args: argparse.Namespace
+) -> int:
     try:
         asyncio.run(main(args))
     except CommandError as exc:

@@ -25,6 +25,9 @@ def make_sink_app(status: int = 200) -> web.Application:
 
 
 def run_sink(args: argparse.Namespace) -> int:
-    print(f"sink listening on http://{args.host}:{args.port}/ (answers {args.status})", file=sys.stderr)
+    print(
+        f"sink listening on http://{args.host}:{args.port}/ (answers {args.status})",
+        file=sys.stderr,
+    )
     web.run_app(make_sink_app(args.status), host=args.host, port=args.port, print=None)
     return 0

@@ -75,8 +75,8 @@ class SecretStore:
         return self.values.get((namespace, ref.name, ref.key))
 
     def put_secret(self, namespace: str, name: str, data: Mapping[str, bytes]) -> None:
-        for key in [k for k in self.values if k[0] == namespace and k[1] == name]:
-            del self.values[key]
+        for stale in [k for k in self.values if k[0] == namespace and k[1] == name]:
+            del self.values[stale]
         for key, value in data.items():
             self.values[(namespace, name, key)] = value
 

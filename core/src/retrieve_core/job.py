@@ -1,4 +1,4 @@
-"""The job format carried by the application's Redis stream (DESIGN.md, "Job and workflow contract")."""
+"""The job carried by an application's Redis stream (DESIGN.md, "Job and workflow contract")."""
 
 from __future__ import annotations
 

@@ -127,8 +127,12 @@ async def watch_cluster_config(
                 try:
                     parsed = ApplicationConfig.from_json(text)
                 except ValidationError as exc:
-                    log.error("ConfigMap %s/%s is invalid, keeping the last config: %s",
-                              namespace, name, exc)
+                    log.error(
+                        "ConfigMap %s/%s is invalid, keeping the last config: %s",
+                        namespace,
+                        name,
+                        exc,
+                    )
                     continue
                 if parsed != current:
                     current = parsed
@@ -147,7 +151,11 @@ async def watch_cluster_config(
             if changed or fresh.values != secrets.values:
                 secrets = fresh
                 provider.update((current,), secrets)
-                log.info("configuration of %s/%s loaded (version %d)",
-                         namespace, app, provider.current.version)
+                log.info(
+                    "configuration of %s/%s loaded (version %d)",
+                    namespace,
+                    app,
+                    provider.current.version,
+                )
     finally:
         stop.set()

@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
@@ -68,18 +68,21 @@ class LogRecord(BaseModel):
         return out
 
     @classmethod
-    def from_hash(cls, raw: Mapping[bytes, bytes]) -> LogRecord:
+    def from_hash(cls, raw: Mapping[Any, Any]) -> LogRecord:
         data: dict[str, Any] = {}
         for key, value in raw.items():
-            name = key.decode()
-            text = value.decode("utf-8", "replace")
-            if name in LogRecord.model_fields and LogRecord.model_fields[name].annotation is str:
-                data[name] = text
-            elif name == "status":
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            if name in _TEXT_FIELDS:
                 data[name] = text
             else:
                 data[name] = json.loads(text)
         return cls.model_validate(data)
+
+
+_TEXT_FIELDS = frozenset(
+    {name for name, f in LogRecord.model_fields.items() if f.annotation is str} | {"status"}
+)
 
 
 def truncate_payload(body: bytes, limit: int) -> tuple[str, bool]:
@@ -95,9 +98,7 @@ def add_record(pipe: Pipeline, keys: AppKeys, record: LogRecord, max_age_seconds
     pipe.zadd(keys.log_index, {record.id: record.ts})
 
 
-def update_fields(
-    pipe: Pipeline, keys: AppKeys, record_id: str, fields: Mapping[str, Any]
-) -> None:
+def update_fields(pipe: Pipeline, keys: AppKeys, record_id: str, fields: Mapping[str, Any]) -> None:
     """Queue an update of a record with the processing result (no-op if it was trimmed)."""
     encoded = {
         name: value if isinstance(value, str) else json.dumps(value)
@@ -118,6 +119,10 @@ return 0
 """
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class LogStore:
     """Reads and trims the records of one application."""
 
@@ -126,7 +131,7 @@ class LogStore:
         self.keys = keys
 
     async def get(self, record_id: str) -> LogRecord | None:
-        raw = await self.redis.hgetall(self.keys.log_record(record_id))  # type: ignore[misc]
+        raw = await self.redis.hgetall(self.keys.log_record(record_id))
         return LogRecord.from_hash(raw) if raw else None
 
     async def query(
@@ -148,7 +153,7 @@ class LogStore:
             start += page_size
             async with self.redis.pipeline(transaction=False) as pipe:
                 for record_id in ids:
-                    pipe.hgetall(self.keys.log_record(record_id.decode()))
+                    pipe.hgetall(self.keys.log_record(_text(cast("bytes", record_id))))
                 rows = await pipe.execute()
             for raw in rows:
                 if not raw:
@@ -173,7 +178,7 @@ class LogStore:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for record_id in doomed:
-                pipe.delete(self.keys.log_record(record_id.decode()))
+                pipe.delete(self.keys.log_record(_text(record_id)))
             pipe.zrem(self.keys.log_index, *doomed)
             await pipe.execute()
         return len(doomed)

@@ -16,12 +16,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from .constants import DEFAULT_LOG_MAX_AGE_SECONDS, DEFAULT_LOG_MAX_RECORDS, DEFAULT_LOG_PAYLOAD_BYTES
-from .constants import DEFAULT_MAX_BODY_BYTES
-
-DOMAIN_PATTERN = (
-    r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
+from .constants import (
+    DEFAULT_LOG_MAX_AGE_SECONDS,
+    DEFAULT_LOG_MAX_RECORDS,
+    DEFAULT_LOG_PAYLOAD_BYTES,
+    DEFAULT_MAX_BODY_BYTES,
 )
+
+DOMAIN_PATTERN = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
 INTEGRATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
@@ -64,6 +66,7 @@ AllowedEntry = Annotated[str, Field(min_length=1, max_length=253)]
 
 # ---------------------------------------------------------------- RetrieveApplication
 
+
 class TLSSpec(SpecModel):
     secret_name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
     cluster_issuer: str | None = None
@@ -71,7 +74,9 @@ class TLSSpec(SpecModel):
 
 class WebhookSpec(SpecModel):
     enabled: bool = True
-    domain: str = Field(pattern=DOMAIN_PATTERN, max_length=253, description="host becomes webhook-<app>.<domain>")
+    domain: str = Field(
+        pattern=DOMAIN_PATTERN, max_length=253, description="host becomes webhook-<app>.<domain>"
+    )
     ingress_class_name: str | None = None
     tls: TLSSpec | None = None
 
@@ -139,6 +144,7 @@ class RetrieveApplicationSpec(SpecModel):
 
 
 # ---------------------------------------------------------------- Integration
+
 
 class Preset(StrEnum):
     SHOPIFY = "shopify"

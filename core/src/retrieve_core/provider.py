@@ -73,9 +73,7 @@ def _fingerprint(directory: Path) -> tuple[tuple[str, float, int], ...]:
     return tuple((str(p), p.stat().st_mtime, p.stat().st_size) for p in manifest_files(directory))
 
 
-async def watch_directory(
-    provider: ConfigProvider, directory: Path, interval: float = 1.0
-) -> None:
+async def watch_directory(provider: ConfigProvider, directory: Path, interval: float = 1.0) -> None:
     """Reload the folder when a manifest changes; a bad edit keeps the last good config."""
     seen = _fingerprint(directory)
     while True:
