@@ -1,0 +1,127 @@
+"""The admin app (never exposed by the Ingress): health, readiness, metrics, webhook logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from retrieve_core.logstore import LogStore
+from retrieve_core.provider import ConfigProvider
+
+from .app import make_redis
+from .errors import failure
+from .metrics import ReceiverMetrics
+from .settings import ReceiverSettings
+
+MAX_LOG_LIMIT = 1000
+DEFAULT_LOG_LIMIT = 50
+
+ADMIN_SETTINGS_KEY = web.AppKey("admin-settings", ReceiverSettings)
+ADMIN_PROVIDER_KEY = web.AppKey("admin-provider", ConfigProvider)
+ADMIN_METRICS_KEY = web.AppKey("admin-metrics", ReceiverMetrics)
+ADMIN_REDIS_KEY = web.AppKey("admin-redis", Redis)
+
+
+def _ok(data: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, text=json.dumps(data), content_type="application/json")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _ok({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    provider = request.app[ADMIN_PROVIDER_KEY]
+    if not provider.loaded.is_set():
+        return _ok({"ready": False, "reason": "configuration not loaded yet"}, 503)
+    try:
+        async with asyncio.timeout(request.app[ADMIN_SETTINGS_KEY].redis_timeout):
+            await request.app[ADMIN_REDIS_KEY].ping()
+    except (RedisError, OSError, TimeoutError) as exc:
+        return _ok({"ready": False, "reason": f"redis: {type(exc).__name__}"}, 503)
+    return _ok({"ready": True, "configVersion": provider.current.version})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[ADMIN_METRICS_KEY].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def api_logs(request: web.Request) -> web.Response:
+    """`GET /api/logs?integration=&status=&limit=&namespace=&app=`: records, newest first."""
+    query = request.query
+    apps = request.app[ADMIN_PROVIDER_KEY].current.applications
+    namespace, name = query.get("namespace"), query.get("app")
+    chosen = [
+        a for a in apps
+        if (not namespace or a.namespace == namespace) and (not name or a.name == name)
+    ]  # fmt: skip
+    if not chosen:
+        return failure(404, "Application not found")
+    if len(chosen) > 1:
+        served = ", ".join(f"{a.namespace}/{a.name}" for a in chosen)
+        return failure(400, f"Several applications are served ({served}): set namespace and app")
+    app = chosen[0]
+    try:
+        limit = int(query.get("limit", DEFAULT_LOG_LIMIT))
+    except ValueError:
+        return failure(400, "limit must be an integer")
+    limit = max(1, min(limit, MAX_LOG_LIMIT))
+    statuses = [s for value in query.getall("status", []) for s in value.split(",") if s]
+    store = LogStore(request.app[ADMIN_REDIS_KEY], app.keys)
+    try:
+        records = await store.query(
+            integration_id=query.get("integration") or None, statuses=statuses, limit=limit
+        )
+    except (RedisError, OSError) as exc:
+        return failure(503, f"Log store unavailable: {type(exc).__name__}")
+    return _ok(
+        {
+            "namespace": app.namespace,
+            "application": app.name,
+            "records": [r.model_dump(mode="json") for r in records],
+        }
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def admin_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        return failure(exc.status, exc.reason)
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    client = make_redis(app[ADMIN_SETTINGS_KEY])
+    app[ADMIN_REDIS_KEY] = client
+    yield
+    await client.aclose()
+
+
+def init_admin_app(
+    settings: ReceiverSettings,
+    provider: ConfigProvider,
+    *,
+    metrics: ReceiverMetrics | None = None,
+) -> web.Application:
+    """The admin app. Pass the public app's `metrics` so `/metrics` shows its counters."""
+    app = web.Application(middlewares=[admin_errors])
+    app[ADMIN_SETTINGS_KEY] = settings
+    app[ADMIN_PROVIDER_KEY] = provider
+    app[ADMIN_METRICS_KEY] = metrics if metrics is not None else ReceiverMetrics()
+    app.cleanup_ctx.append(_redis_ctx)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/api/logs", api_logs)
+    return app

@@ -1,0 +1,484 @@
+"""The public webhook app: `POST /integration/{id}` and `POST /integration/{id}/xml`.
+
+Checks run in the contract's order (DESIGN.md): sender whitelist, integration, size, signature,
+parse, (dedupe), enqueue. Refusals are `WebhookError`s; one middleware turns every error into
+the contract's JSON, writes the request's log record and counts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import hdrs, web
+from pydantic_core import PydanticSerializationError
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from retrieve_core.constants import (
+    MSG_DISABLED,
+    MSG_INVALID_JSON,
+    MSG_INVALID_SIGNATURE,
+    MSG_INVALID_XML,
+    MSG_METHOD_NOT_ALLOWED,
+    MSG_NOT_AUTHORIZED,
+    MSG_NOT_FOUND,
+    MSG_QUEUE_UNAVAILABLE,
+    MSG_TOO_LARGE,
+)
+from retrieve_core.job import Job, new_job_id
+from retrieve_core.keys import (
+    COUNTER_REJECTED,
+    COUNTER_TTL_SECONDS,
+    AppKeys,
+    counter_bucket,
+)
+from retrieve_core.logstore import LogRecord, LogStatus, LogStore, add_record, truncate_payload
+from retrieve_core.provider import ConfigProvider
+
+from .dns import FcrdnsVerifier, make_resolver
+from .enqueue import Delivery, Enqueuer
+from .errors import WebhookError, failure, success
+from .metrics import UNKNOWN_INTEGRATION, ReceiverMetrics
+from .parsing import PayloadError, parse_payload
+from .routing import AppRoute, IntegrationRoute, RoutingTable, build_routing
+from .settings import ReceiverSettings
+from .signatures import is_woocommerce_ping, verify
+from .whitelist import IPAddress, sender_ip
+
+log = logging.getLogger(__name__)
+
+# aiohttp's own limit must never be the one that answers: the real limit is per application
+# and enforced while reading (`read_body`). This is the largest maxBodyBytes the CRD allows.
+CLIENT_MAX_SIZE = 64 * 1024 * 1024
+LOG_TRIM_INTERVAL = 60.0
+MAX_DEDUPE_VALUE = 512
+
+
+class RoutingCache:
+    """The compiled routing table of the provider's current snapshot, rebuilt when it changes."""
+
+    def __init__(self, provider: ConfigProvider, settings: ReceiverSettings) -> None:
+        self.provider = provider
+        self.settings = settings
+        self._table: RoutingTable | None = None
+
+    def current(self) -> RoutingTable:
+        snapshot = self.provider.current
+        table = self._table
+        if table is None or table.snapshot is not snapshot:
+            table = build_routing(snapshot, self.settings)
+            self._table = table
+            log.info("routing rebuilt: config version %d, %d app(s), %d integration(s)",
+                     snapshot.version, len(table.apps), len(table.integrations))  # fmt: skip
+        return table
+
+    def is_known(self, integration_id: str | None) -> bool:
+        """Whether the last built table has this id (never builds: safe in error paths)."""
+        table = self._table
+        return table is not None and integration_id in table.integrations
+
+
+SETTINGS_KEY = web.AppKey("settings", ReceiverSettings)
+PROVIDER_KEY = web.AppKey("provider", ConfigProvider)
+ROUTES_KEY = web.AppKey("routes", RoutingCache)
+METRICS_KEY = web.AppKey("metrics", ReceiverMetrics)
+REDIS_KEY = web.AppKey("redis", Redis)
+ENQUEUER_KEY = web.AppKey("enqueuer", Enqueuer)
+DNS_KEY = web.AppKey("dns", FcrdnsVerifier)
+
+
+def make_redis(settings: ReceiverSettings) -> Redis:
+    """A client that fails fast: past its timeouts the receiver answers 503, it never hangs."""
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout,
+        socket_connect_timeout=min(settings.redis_timeout, 1.0),
+        retry=Retry(NoBackoff(), 1),  # one reconnect after a restart, no sleeping backoff
+        health_check_interval=10,
+    )
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    client = make_redis(app[SETTINGS_KEY])
+    app[REDIS_KEY] = client
+    app[ENQUEUER_KEY] = Enqueuer(client)
+    yield
+    await client.aclose()
+
+
+async def _dns_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS_KEY]
+    app[DNS_KEY] = FcrdnsVerifier(make_resolver(settings.dns_servers, settings.dns_timeout))
+    yield
+
+
+async def _trim_logs_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Keep each application's log records within their count and age bounds."""
+
+    async def trim_forever() -> None:
+        while True:
+            await asyncio.sleep(LOG_TRIM_INTERVAL)
+            for route in app[ROUTES_KEY].current().apps:
+                try:
+                    store = LogStore(app[REDIS_KEY], route.keys)
+                    await store.trim(route.log_max_records, route.log_max_age_seconds)
+                except (RedisError, OSError) as exc:
+                    log.warning("could not trim the logs of %s: %s", route.label, exc)
+
+    task = asyncio.create_task(trim_forever(), name="retrieve-log-trim")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+# ---------------------------------------------------------------- log records
+
+
+def _log_record(
+    *,
+    record_id: str,
+    ts: float,
+    source_ip: str,
+    integration_id: str,
+    http_status: int,
+    status: LogStatus,
+    error: str = "",
+    body: bytes = b"",
+    payload_format: str = "",
+    payload_limit: int = 0,
+) -> LogRecord:
+    text, truncated = truncate_payload(body, payload_limit)
+    return LogRecord(
+        id=record_id,
+        ts=ts,
+        source_ip=source_ip,
+        integration_id=integration_id,
+        http_status=http_status,
+        status=status,
+        error=error,
+        format=payload_format,
+        payload=text,
+        payload_truncated=truncated,
+    )
+
+
+def _count(pipe: Any, keys: AppKeys, integration_id: str, field: str, ts: float) -> None:
+    key = keys.counters(integration_id, counter_bucket(ts))
+    pipe.hincrby(key, field, 1)
+    pipe.expire(key, COUNTER_TTL_SECONDS)
+
+
+async def _write_record_best_effort(
+    request: web.Request,
+    app: AppRoute,
+    record: LogRecord,
+    counter: str | None,
+) -> None:
+    """Store the log record of a request that is answered anyway: failures are only logged."""
+    redis = request.app[REDIS_KEY]
+    try:
+        async with asyncio.timeout(request.app[SETTINGS_KEY].log_write_timeout):
+            async with redis.pipeline(transaction=True) as pipe:
+                add_record(pipe, app.keys, record, app.log_max_age_seconds)
+                if counter is not None:
+                    _count(pipe, app.keys, record.integration_id, counter, record.ts)
+                await pipe.execute()
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("log record of a %d answer not stored: %s", record.http_status, exc)
+
+
+# ---------------------------------------------------------------- the checks
+
+
+async def _admits(request: web.Request, app: AppRoute, sender: IPAddress | None) -> bool:
+    if sender is None:
+        return False
+    whitelist = app.whitelist
+    if whitelist.admits_ip(sender):
+        return True
+    if not whitelist.domains:
+        return False
+    admitted = await request.app[DNS_KEY].admits(sender, whitelist.domains)
+    request.app[METRICS_KEY].dns_lookups.labels(result="admitted" if admitted else "refused").inc()
+    return admitted
+
+
+def _forwarded_for(request: web.Request) -> str | None:
+    values = request.headers.getall(hdrs.X_FORWARDED_FOR, None)
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else ",".join(values)
+
+
+async def _authorize(
+    request: web.Request,
+    routing: RoutingTable,
+    target: IntegrationRoute | None,
+    integration_id: str,
+) -> tuple[AppRoute, str]:
+    """The application the request is for and its sender, or a 403/404 WebhookError.
+
+    The sender is checked before anything is said about the integration: an unauthorized
+    sender gets 403 whether or not the id exists.
+    """
+    peer = request.remote
+    forwarded = _forwarded_for(request)
+    app = routing.single_app or routing.app_for_host(request.host)
+    if app is None and target is not None:
+        app = target.app
+    candidates = (app,) if app is not None else routing.apps
+    first_sender: IPAddress | None = None
+    for candidate in candidates:
+        sender = sender_ip(peer, forwarded, candidate.trusted_proxies)
+        if first_sender is None:
+            first_sender = sender
+        if await _admits(request, candidate, sender):
+            return candidate, str(sender)
+    shown = str(first_sender) if first_sender is not None else (peer or "unknown")
+    raise WebhookError(
+        403,
+        MSG_NOT_AUTHORIZED.format(sender=shown),
+        app=candidates[0] if candidates else None,
+        integration_id=integration_id,
+        source_ip=shown,
+    )
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body, refused as soon as it is known to exceed `limit` (never buffered past it)."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise OverflowError
+    chunks: list[bytes] = []
+    size = 0
+    content = request.content
+    while True:
+        chunk = await content.readany()
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise OverflowError
+        chunks.append(chunk)
+
+
+def _delivery_id(route: IntegrationRoute, request: web.Request, payload: Any) -> str | None:
+    rule = route.dedupe
+    if rule is None:
+        return None
+    value: Any = None
+    if rule.header:
+        value = request.headers.get(rule.header)
+    if not value and rule.json_field:
+        value = payload
+        for part in rule.json_field.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        return None
+    return str(value)[:MAX_DEDUPE_VALUE]
+
+
+def _selected_headers(request: web.Request, wanted: frozenset[str]) -> dict[str, str]:
+    selected: dict[str, str] = {}
+    for name, value in request.headers.items():
+        lower = name.lower()
+        if lower in wanted:
+            selected[lower] = value
+    return selected
+
+
+# ---------------------------------------------------------------- the handler
+
+
+async def receive_json(request: web.Request) -> web.Response:
+    return await _receive(request, xml_route=False)
+
+
+async def receive_xml(request: web.Request) -> web.Response:
+    return await _receive(request, xml_route=True)
+
+
+async def _receive(request: web.Request, *, xml_route: bool) -> web.Response:
+    routing = request.app[ROUTES_KEY].current()
+    integration_id = request.match_info["id"]
+    target = routing.integrations.get(integration_id)
+    app, source_ip = await _authorize(request, routing, target, integration_id)
+
+    def refuse(status: int, message: str, body: bytes = b"", fmt: str = "") -> WebhookError:
+        return WebhookError(status, message, app, integration_id, source_ip, body, fmt)
+
+    if target is None or target.app is not app:
+        raise refuse(404, MSG_NOT_FOUND.format(id=integration_id))
+    if not target.enabled:
+        raise refuse(409, MSG_DISABLED.format(id=integration_id))
+    try:
+        body = await read_body(request, app.max_body_bytes)
+    except OverflowError:
+        raise refuse(413, MSG_TOO_LARGE.format(limit=app.max_body_bytes)) from None
+
+    if target.verify_required:
+        scheme = target.scheme
+        if scheme is not None and is_woocommerce_ping(scheme, request.headers, body):
+            now = time.time()
+            record = _log_record(
+                record_id=new_job_id(), ts=now, source_ip=source_ip, integration_id=target.id,
+                http_status=200, status=LogStatus.IGNORED, error="WooCommerce webhook ping",
+                body=body, payload_format="form", payload_limit=app.log_payload_bytes,
+            )  # fmt: skip
+            await _write_record_best_effort(request, app, record, None)
+            return success()
+        if scheme is None or not verify(scheme, request.headers, body, time.time()):
+            raise refuse(401, MSG_INVALID_SIGNATURE, body)
+
+    try:
+        fmt, payload = parse_payload(xml_route, request.headers.get(hdrs.CONTENT_TYPE), body)
+    except PayloadError as exc:
+        raise refuse(400, exc.message, body, "xml" if xml_route else "json") from None
+
+    now = time.time()
+    job = Job(
+        id=new_job_id(),
+        integration_id=target.id,
+        application=app.config.name,
+        namespace=app.config.namespace,
+        received_at=now,
+        source_ip=source_ip,
+        format=fmt,
+        headers=_selected_headers(request, target.headers),
+        payload=payload,
+    )
+    try:
+        job_json = job.model_dump_json()
+    except (PydanticSerializationError, ValueError, RecursionError):
+        template = MSG_INVALID_XML if fmt == "xml" else MSG_INVALID_JSON
+        raise refuse(400, template.format(detail="nested too deeply"), body, fmt) from None
+
+    return await _enqueue(request, app=app, target=target, job=job, job_json=job_json, body=body)
+
+
+async def _enqueue(
+    request: web.Request,
+    *,
+    app: AppRoute,
+    target: IntegrationRoute,
+    job: Job,
+    job_json: str,
+    body: bytes,
+) -> web.Response:
+    """Store the job and its log record in one atomic call; 200 only once Redis replied."""
+    delivery = Delivery(
+        job_id=job.id,
+        job_json=job_json,
+        integration_id=target.id,
+        received_at=job.received_at,
+        source_ip=job.source_ip,
+        format=job.format,
+        body=body,
+        payload_limit=app.log_payload_bytes,
+        log_max_age_seconds=app.log_max_age_seconds,
+        dedupe_id=_delivery_id(target, request, job.payload),
+        dedupe_ttl_seconds=target.dedupe.ttl_seconds if target.dedupe else 0,
+    )
+    try:
+        async with asyncio.timeout(request.app[SETTINGS_KEY].redis_timeout * 2):
+            await request.app[ENQUEUER_KEY].store(app.keys, delivery)
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("job for integration %s not stored: %s", target.id, exc)
+        raise WebhookError(
+            503, MSG_QUEUE_UNAVAILABLE, app, target.id, job.source_ip, body, job.format
+        ) from None
+    return success()
+
+
+# ---------------------------------------------------------------- errors, metrics
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    if exc.status == 405:
+        allow = exc.headers.get(hdrs.ALLOW)
+        return failure(
+            405,
+            MSG_METHOD_NOT_ALLOWED.format(method=request.method),
+            {hdrs.ALLOW: allow} if allow else None,
+        )
+    if exc.status == 404:
+        return failure(404, "Not found")
+    if exc.status == 413:
+        return failure(413, MSG_TOO_LARGE.format(limit=CLIENT_MAX_SIZE))
+    return failure(exc.status, exc.reason)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer is the contract's JSON; every answered webhook is counted and timed."""
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except WebhookError as exc:
+        response = failure(exc.status, exc.message)
+        if exc.status == 503:
+            request.app[METRICS_KEY].enqueue_failures.inc()
+        if exc.app is not None:
+            await _log_refusal(request, exc)
+    except web.HTTPException as exc:
+        response = _http_error(request, exc)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        response = failure(500, "Internal error")
+    integration_id = request.match_info.get("id")
+    known = integration_id is not None and request.app[ROUTES_KEY].is_known(integration_id)
+    label = integration_id if known and integration_id else UNKNOWN_INTEGRATION
+    request.app[METRICS_KEY].observe(label, response.status, time.perf_counter() - started)
+    return response
+
+
+async def _log_refusal(request: web.Request, exc: WebhookError) -> None:
+    assert exc.app is not None
+    app = exc.app
+    record = _log_record(
+        record_id=new_job_id(), ts=time.time(), source_ip=exc.source_ip,
+        integration_id=exc.integration_id, http_status=exc.status, status=LogStatus.REJECTED,
+        error=exc.message, body=exc.payload, payload_format=exc.format,
+        payload_limit=app.log_payload_bytes,
+    )  # fmt: skip
+    # Counters only for configured ids: senders must not create keys by inventing ids.
+    routing = request.app[ROUTES_KEY].current()
+    known = routing.integrations.get(exc.integration_id)
+    counter = COUNTER_REJECTED if known is not None and known.app is app else None
+    await _write_record_best_effort(request, app, record, counter)
+
+
+# ---------------------------------------------------------------- the factory
+
+
+def init_app(
+    settings: ReceiverSettings,
+    provider: ConfigProvider,
+    *,
+    metrics: ReceiverMetrics | None = None,
+) -> web.Application:
+    """The public webhook app. Share `metrics` with `init_admin_app` to expose them there."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
+    app[SETTINGS_KEY] = settings
+    app[PROVIDER_KEY] = provider
+    app[ROUTES_KEY] = RoutingCache(provider, settings)
+    app[METRICS_KEY] = metrics if metrics is not None else ReceiverMetrics()
+    app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(_dns_ctx)
+    app.cleanup_ctx.append(_trim_logs_ctx)
+    app.router.add_post("/integration/{id}", receive_json, name="integration")
+    app.router.add_post("/integration/{id}/xml", receive_xml, name="integration-xml")
+    return app

@@ -1,0 +1,165 @@
+"""Request bodies to payloads: JSON, form-encoded, XML (DESIGN.md, "Receiver HTTP contract").
+
+Errors carry the contract's message with a short detail, never a stack trace. XML refuses any
+DOCTYPE, so entity expansion (billion laughs) and external entities (XXE) cannot happen.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qsl
+from xml.parsers import expat
+
+import xmltodict
+
+from retrieve_core.constants import MSG_INVALID_JSON, MSG_INVALID_XML
+from retrieve_core.job import PayloadFormat
+
+FORM_TYPE = "application/x-www-form-urlencoded"
+MAX_FORM_FIELDS = 10_000
+MAX_DETAIL = 120
+
+
+class PayloadError(ValueError):
+    """A body that does not parse; `message` is the contract's answer."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _json_error(detail: str) -> PayloadError:
+    return PayloadError(MSG_INVALID_JSON.format(detail=detail[:MAX_DETAIL]))
+
+
+def _xml_error(detail: str) -> PayloadError:
+    return PayloadError(MSG_INVALID_XML.format(detail=detail[:MAX_DETAIL]))
+
+
+def media_type(content_type: str | None) -> str:
+    """`application/json; charset=utf-8` -> `application/json`."""
+    if not content_type:
+        return ""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def is_xml_type(mime: str) -> bool:
+    return mime in ("application/xml", "text/xml") or mime.endswith("+xml")
+
+
+def _decode(body: bytes) -> str:
+    # A UTF-8 byte order mark is tolerated; anything that is not UTF-8 is refused.
+    return body.decode("utf-8-sig")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        text = _decode(body)
+    except UnicodeDecodeError as exc:
+        raise _json_error(f"body is not valid UTF-8 (byte {exc.start})") from None
+    if not text.strip():
+        raise _json_error("empty body")
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise _json_error(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise _json_error("nested too deeply") from None
+    except ValueError as exc:
+        raise _json_error(str(exc)) from None
+
+
+def parse_form(body: bytes) -> dict[str, Any]:
+    """`a=1&b=2&b=3` -> {"a": "1", "b": ["2", "3"]}."""
+    try:
+        text = _decode(body)
+        pairs = parse_qsl(
+            text,
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FORM_FIELDS,
+        )
+    except UnicodeDecodeError:
+        raise _json_error("form body is not valid UTF-8") from None
+    except ValueError as exc:
+        raise _json_error(f"invalid form body: {exc}") from None
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key not in result:
+            result[key] = value
+        elif isinstance(result[key], list):
+            result[key].append(value)
+        else:
+            result[key] = [result[key], value]
+    return result
+
+
+class _DoctypeRefused(ValueError):
+    pass
+
+
+def _refuse_doctype(*_args: object) -> None:
+    raise _DoctypeRefused("DOCTYPE and entity declarations are not allowed")
+
+
+def _refuse_external_entity(
+    context: str, base: str | None, system_id: str | None, public_id: str | None
+) -> int:
+    raise _DoctypeRefused("external entities are not allowed")
+
+
+class _SafeExpat:
+    """What xmltodict needs of `pyexpat`, with DOCTYPE refused before anything is expanded."""
+
+    ExpatError = expat.ExpatError
+
+    @staticmethod
+    def ParserCreate(  # the pyexpat name xmltodict calls
+        encoding: str | None = None, namespace_separator: str | None = None
+    ) -> Any:
+        parser = expat.ParserCreate(encoding, namespace_separator)
+        parser.StartDoctypeDeclHandler = _refuse_doctype
+        parser.EntityDeclHandler = _refuse_doctype
+        parser.ExternalEntityRefHandler = _refuse_external_entity
+        return parser
+
+
+def parse_xml(body: bytes) -> Any:
+    if not body.strip():
+        raise _xml_error("empty body")
+    try:
+        return xmltodict.parse(body, expat=_SafeExpat, disable_entities=True)
+    except _DoctypeRefused as exc:
+        raise _xml_error(str(exc)) from None
+    except expat.ExpatError as exc:
+        raise _xml_error(expat.errors.messages.get(exc.code, str(exc)) + _where(exc)) from None
+    except (ValueError, UnicodeError) as exc:
+        raise _xml_error(str(exc)) from None
+
+
+def _where(exc: expat.ExpatError) -> str:
+    return f" at line {exc.lineno} column {exc.offset + 1}"
+
+
+def parse_payload(
+    xml_route: bool, content_type: str | None, body: bytes
+) -> tuple[PayloadFormat, Any]:
+    """Parse a body by route and Content-Type.
+
+    `/xml` is always XML. On the JSON route a form-encoded body is parsed to an object, an XML
+    Content-Type is parsed as XML, and anything else as JSON.
+    """
+    if xml_route:
+        return "xml", parse_xml(body)
+    mime = media_type(content_type)
+    if mime == FORM_TYPE:
+        return "form", parse_form(body)
+    if is_xml_type(mime):
+        return "xml", parse_xml(body)
+    return "json", parse_json(body)

@@ -1,0 +1,176 @@
+"""Admin port: health, readiness (config + Redis), metrics and the log API; Redis outages."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
+from redis.asyncio import Redis
+
+from retrieve_core.config import SecretStore
+from retrieve_core.provider import ConfigProvider
+from retrieve_receiver.admin import init_admin_app
+from retrieve_receiver.metrics import ReceiverMetrics
+from retrieve_receiver.settings import ReceiverSettings
+from tests.receiver.conftest import ClientFactory, make_app, make_integration, make_provider
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+
+async def admin_client(
+    aiohttp_client: AiohttpClient,
+    provider: ConfigProvider,
+    redis_url: str,
+    metrics: ReceiverMetrics | None = None,
+) -> TestClient[web.Request, web.Application]:
+    settings = ReceiverSettings(redis_url=redis_url, redis_timeout=0.5)
+    return await aiohttp_client(init_admin_app(settings, provider, metrics=metrics))
+
+
+async def test_healthz_answers_while_alive(
+    aiohttp_client: AiohttpClient, redis_server: RedisServer
+) -> None:
+    client = await admin_client(aiohttp_client, ConfigProvider(), redis_server.url)
+    response = await client.get("/healthz")
+    assert response.status == 200
+
+
+async def test_readyz_waits_for_config_then_redis(
+    aiohttp_client: AiohttpClient, private_redis_server: RedisServer
+) -> None:
+    provider = ConfigProvider()
+    client = await admin_client(aiohttp_client, provider, private_redis_server.url)
+
+    not_loaded = await client.get("/readyz")
+    assert not_loaded.status == 503
+    assert (await not_loaded.json())["ready"] is False
+
+    provider.update((make_app(),), SecretStore())
+    assert (await client.get("/readyz")).status == 200
+
+    private_redis_server.stop()
+    down = await client.get("/readyz")
+    assert down.status == 503
+    assert "redis" in (await down.json())["reason"]
+
+
+async def test_redis_down_gives_503_then_recovers_after_restart(
+    aiohttp_client: AiohttpClient,
+    receiver_client: ClientFactory,
+    private_redis_server: RedisServer,
+) -> None:
+    app = make_app(integrations=[make_integration("ABC123")])
+    provider = make_provider(app)
+    metrics = ReceiverMetrics()
+    client = await receiver_client(
+        provider, redis_url=private_redis_server.url, metrics=metrics, redis_timeout=0.5
+    )
+    admin = await admin_client(aiohttp_client, provider, private_redis_server.url, metrics)
+    assert (await client.post("/integration/ABC123", json={"n": 1})).status == 200
+
+    private_redis_server.stop()
+    down = await client.post("/integration/ABC123", json={"n": 2})
+    assert down.status == 503
+    assert await down.json() == {"result": False, "error": "Queue unavailable, retry later"}
+    assert (await admin.get("/readyz")).status == 503
+    # refusals still answer their own status, not 5xx, while the log store is down
+    assert (await client.post("/integration/nope", json={})).status == 404
+
+    private_redis_server.start()
+    up = await client.post("/integration/ABC123", json={"n": 3})
+    assert up.status == 200
+    assert (await admin.get("/readyz")).status == 200
+
+    redis = Redis.from_url(private_redis_server.url)
+    try:  # AOF with fsync always: what was acknowledged survived the restart
+        assert await redis.xlen(app.keys.jobs) == 2
+    finally:
+        await redis.aclose()
+    text = await (await admin.get("/metrics")).text()
+    assert "retrieve_receiver_enqueue_failures_total 1.0" in text
+
+
+async def test_redis_out_of_memory_gives_503_never_200(
+    receiver_client: ClientFactory, private_redis_server: RedisServer
+) -> None:
+    app = make_app(integrations=[make_integration("ABC123")])
+    client = await receiver_client(make_provider(app), redis_url=private_redis_server.url)
+    redis = Redis.from_url(private_redis_server.url)
+    try:
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", "1")
+        response = await client.post("/integration/ABC123", json={"x": 1})
+        assert response.status == 503
+        assert await response.json() == {"result": False, "error": "Queue unavailable, retry later"}
+        await redis.config_set("maxmemory", "0")
+        assert await redis.xlen(app.keys.jobs) == 0
+    finally:
+        await redis.aclose()
+
+
+async def test_metrics_count_requests_by_integration_and_status(
+    aiohttp_client: AiohttpClient, receiver_client: ClientFactory, redis_server: RedisServer
+) -> None:
+    app = make_app(integrations=[make_integration("ABC123")])
+    provider = make_provider(app)
+    metrics = ReceiverMetrics()
+    client = await receiver_client(provider, metrics=metrics)
+    admin = await admin_client(aiohttp_client, provider, redis_server.url, metrics)
+    await client.post("/integration/ABC123", json={})
+    await client.post("/integration/ABC123", json={})
+    await client.post("/integration/ABC123", data="{")
+    await client.post("/integration/random-id-1", json={})
+
+    response = await admin.get("/metrics")
+    text = await response.text()
+    assert response.status == 200
+    assert 'retrieve_receiver_requests_total{integration="ABC123",status="200"} 2.0' in text
+    assert 'retrieve_receiver_requests_total{integration="ABC123",status="400"} 1.0' in text
+    assert 'retrieve_receiver_requests_total{integration="unknown",status="404"} 1.0' in text
+    assert "random-id-1" not in text
+    assert "retrieve_receiver_request_seconds_bucket" in text
+
+
+async def test_log_api_returns_newest_first_and_filters(
+    aiohttp_client: AiohttpClient,
+    receiver_client: ClientFactory,
+    redis_server: RedisServer,
+    redis_client: Redis,
+) -> None:
+    app = make_app(integrations=[make_integration("A1"), make_integration("B2")])
+    provider = make_provider(app)
+    client = await receiver_client(provider)
+    admin = await admin_client(aiohttp_client, provider, redis_server.url)
+    await client.post("/integration/A1", json={"n": 1})
+    await client.post("/integration/B2", json={"n": 2})
+    await client.post("/integration/A1", data="not json")
+
+    everything = await (await admin.get("/api/logs")).json()
+    assert [r["integration_id"] for r in everything["records"]] == ["A1", "B2", "A1"]
+    assert [r["http_status"] for r in everything["records"]] == [400, 200, 200]
+
+    only_a = await (await admin.get("/api/logs", params={"integration": "A1"})).json()
+    assert [r["http_status"] for r in only_a["records"]] == [400, 200]
+
+    rejected = await (await admin.get("/api/logs", params={"status": "rejected"})).json()
+    assert [r["integration_id"] for r in rejected["records"]] == ["A1"]
+
+    limited = await (await admin.get("/api/logs", params={"limit": "1"})).json()
+    assert len(limited["records"]) == 1
+
+    wrong = await admin.get("/api/logs", params={"app": "other"})
+    assert wrong.status == 404
+
+
+async def test_log_api_needs_an_app_when_several_are_served(
+    aiohttp_client: AiohttpClient, redis_server: RedisServer
+) -> None:
+    provider = make_provider(make_app("shop"), make_app("blog"))
+    admin = await admin_client(aiohttp_client, provider, redis_server.url)
+    response = await admin.get("/api/logs")
+    assert response.status == 400
+    assert (await (await admin.get("/api/logs", params={"app": "blog"})).json())[
+        "application"
+    ] == "blog"
