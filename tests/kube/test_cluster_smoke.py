@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from tests.support.kube_cluster import HELM_VERSION, K8S_VERSION, KubeTestCluster
-from tests.support.kube_fixtures import kube_cluster, kube_namespace  # noqa: F401
 
 pytestmark = pytest.mark.kube
 
@@ -27,15 +26,15 @@ def _get_json(cluster: KubeTestCluster, *args: str) -> Any:
     return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
 
 
-def test_server_reports_pinned_version(kube_cluster: KubeTestCluster) -> None:  # noqa: F811
+def test_server_reports_pinned_version(kube_cluster: KubeTestCluster) -> None:
     info = json.loads(kube_cluster.kubectl("version", "-o", "json").stdout)
     assert info["serverVersion"]["gitVersion"] == K8S_VERSION
     assert info["clientVersion"]["gitVersion"] == K8S_VERSION
 
 
 def test_deployment_gets_replicaset_from_controller_manager(
-    kube_cluster: KubeTestCluster,  # noqa: F811
-    kube_namespace: str,  # noqa: F811
+    kube_cluster: KubeTestCluster,
+    kube_namespace: str,
 ) -> None:
     deployment = {
         "apiVersion": "apps/v1",
@@ -64,8 +63,8 @@ def test_deployment_gets_replicaset_from_controller_manager(
 
 
 def test_garbage_collector_deletes_owned_object(
-    kube_cluster: KubeTestCluster,  # noqa: F811
-    kube_namespace: str,  # noqa: F811
+    kube_cluster: KubeTestCluster,
+    kube_namespace: str,
 ) -> None:
     ns = kube_namespace
     kube_cluster.kubectl("create", "configmap", "owner", "-n", ns, "--from-literal=a=1")
@@ -95,8 +94,8 @@ def test_garbage_collector_deletes_owned_object(
 
 
 def test_service_account_kubeconfig_is_subject_to_rbac(
-    kube_cluster: KubeTestCluster,  # noqa: F811
-    kube_namespace: str,  # noqa: F811
+    kube_cluster: KubeTestCluster,
+    kube_namespace: str,
 ) -> None:
     ns = kube_namespace
     kube_cluster.kubectl("create", "serviceaccount", "reader", "-n", ns)
@@ -128,6 +127,6 @@ def test_service_account_kubeconfig_is_subject_to_rbac(
     kube_cluster.kubectl("get", "configmaps", "-n", ns, kubeconfig=kubeconfig)
 
 
-def test_helm_is_the_pinned_version(kube_cluster: KubeTestCluster) -> None:  # noqa: F811
+def test_helm_is_the_pinned_version(kube_cluster: KubeTestCluster) -> None:
     out = kube_cluster.helm("version", "--short").stdout.strip()
     assert out.startswith(HELM_VERSION), out
