@@ -9,7 +9,6 @@ with a real Redis and a sink the test runs.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -178,7 +177,8 @@ async def test_receiver_and_worker_follow_the_cluster_without_restart(
         print(f"whitelist change enforced after {refused_after:.2f} s")
         assert await post(url, "127.0.0.3") == (200, OK)
         await sink.wait_for(2, "/orders")
-        assert receiver.process is not None and receiver.process.poll() is None
+        assert receiver.process is not None
+        assert receiver.process.poll() is None
     finally:
         receiver.stop()
         worker.stop()
