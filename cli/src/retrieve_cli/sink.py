@@ -29,5 +29,7 @@ def run_sink(args: argparse.Namespace) -> int:
         f"sink listening on http://{args.host}:{args.port}/ (answers {args.status})",
         file=sys.stderr,
     )
-    web.run_app(make_sink_app(args.status), host=args.host, port=args.port, print=None)
+    web.run_app(
+        make_sink_app(args.status), host=args.host, port=args.port, print=None, access_log=None
+    )
     return 0

@@ -67,7 +67,7 @@ def parse_json(body: bytes) -> Any:
     try:
         return json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
-        raise _json_error(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise _json_error(f"{exc.msg}: line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise _json_error("nested too deeply") from None
     except ValueError as exc:
