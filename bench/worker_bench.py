@@ -92,8 +92,11 @@ def make_app(name: str, sink_url: str, rewrite: bool) -> ApplicationConfig:
         namespace="bench",
         name=name,
         spec=RetrieveApplicationSpec.model_validate({"webhook": {"domain": "example.com"}}),
-        integrations=(IntegrationConfig(id="orders", name="orders",
-                                        spec=IntegrationSpec.model_validate(spec)),),
+        integrations=(
+            IntegrationConfig(
+                id="orders", name="orders", spec=IntegrationSpec.model_validate(spec)
+            ),
+        ),
     )
 
 
@@ -108,14 +111,24 @@ async def enqueue(redis: Redis, app: ApplicationConfig, count: int) -> None:
                     "order": {"id": n, "email": f"c{n}@example.com", "total_price": "9.99"},
                 }
                 job = Job(
-                    id=new_job_id(), integration_id="orders", application=app.name,
-                    namespace=app.namespace, received_at=time.time(), source_ip="127.0.0.1",
-                    format="json", payload=payload,
+                    id=new_job_id(),
+                    integration_id="orders",
+                    application=app.name,
+                    namespace=app.namespace,
+                    received_at=time.time(),
+                    source_ip="127.0.0.1",
+                    format="json",
+                    payload=payload,
                 )
                 record = LogRecord(
-                    id=job.id, ts=job.received_at, source_ip=job.source_ip,
-                    integration_id="orders", http_status=200, status=LogStatus.QUEUED,
-                    format="json", payload=json.dumps(payload),
+                    id=job.id,
+                    ts=job.received_at,
+                    source_ip=job.source_ip,
+                    integration_id="orders",
+                    http_status=200,
+                    status=LogStatus.QUEUED,
+                    format="json",
+                    payload=json.dumps(payload),
                 )
                 add_record(pipe, keys, record, 3600)
                 pipe.xadd(keys.jobs, job.encode())  # type: ignore[arg-type]
@@ -123,8 +136,14 @@ async def enqueue(redis: Redis, app: ApplicationConfig, count: int) -> None:
 
 
 async def scenario(
-    label: str, redis_url: str, sink_url: str, jobs: int, concurrency: int, rewrite: bool,
-    pids: dict[str, int], profile: bool = False,
+    label: str,
+    redis_url: str,
+    sink_url: str,
+    jobs: int,
+    concurrency: int,
+    rewrite: bool,
+    pids: dict[str, int],
+    profile: bool = False,
 ) -> float:
     redis = Redis.from_url(redis_url)
     app = make_app(f"{'rewrite' if rewrite else 'mapping'}-{int(time.time())}", sink_url, rewrite)
@@ -132,8 +151,13 @@ async def scenario(
     provider = ConfigProvider()
     provider.update((app,), SecretStore())
     worker = Worker(
-        WorkerSettings(redis_url=redis_url, concurrency=concurrency, consumer="bench",
-                       read_count=concurrency, log_trim_interval_seconds=3600),
+        WorkerSettings(
+            redis_url=redis_url,
+            concurrency=concurrency,
+            consumer="bench",
+            read_count=concurrency,
+            log_trim_interval_seconds=3600,
+        ),
         provider,
     )
     labels = {"application": f"bench/{app.name}", "integration": "orders"}
@@ -144,10 +168,13 @@ async def scenario(
         profiler.enable()
     task = asyncio.create_task(worker.run())
     while True:
-        await asyncio.sleep(0.05)
-        done = worker.registry.get_sample_value(
-            "retrieve_worker_jobs_total", {**labels, "outcome": "succeeded"}
-        ) or 0
+        await asyncio.sleep(0.1)
+        done = (
+            worker.registry.get_sample_value(
+                "retrieve_worker_jobs_total", {**labels, "outcome": "succeeded"}
+            )
+            or 0
+        )
         other = sum(
             worker.registry.get_sample_value("retrieve_worker_jobs_total", {**labels, "outcome": o})
             or 0
@@ -167,10 +194,15 @@ async def scenario(
     left = await redis.xlen(app.keys.jobs)
     await redis.aclose()
     rate = jobs / elapsed
-    print(f"{label:<22} {jobs} jobs in {elapsed:6.2f} s = {rate:8.0f} jobs/s "
-          f"(not succeeded: {int(other)}, left in stream: {left})")
-    print("    CPU seconds: " + ", ".join(f"{name} {secs:.1f}" for name, secs in cpu.items())
-          + f"; {jobs / max(cpu['worker'], 1e-9):.0f} jobs per worker CPU-second")
+    print(
+        f"{label:<22} {jobs} jobs in {elapsed:6.2f} s = {rate:8.0f} jobs/s "
+        f"(not succeeded: {int(other)}, left in stream: {left})"
+    )
+    print(
+        "    CPU seconds: "
+        + ", ".join(f"{name} {secs:.1f}" for name, secs in cpu.items())
+        + f"; {jobs / max(cpu['worker'], 1e-9):.0f} jobs per worker CPU-second"
+    )
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
     return rate
@@ -183,8 +215,21 @@ async def main(args: argparse.Namespace) -> None:
     workdir = tempfile.mkdtemp(prefix="retrieve-bench-")
     redis_port, sink_port = free_port(), free_port()
     redis_proc = subprocess.Popen(
-        [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", workdir, "--loglevel", "warning"],
+        [
+            binary,
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--loglevel",
+            "warning",
+        ],
         stdout=subprocess.DEVNULL,
     )
     sink_proc = subprocess.Popen([sys.executable, "-c", SINK, str(sink_port)])
@@ -199,7 +244,13 @@ async def main(args: argparse.Namespace) -> None:
             label = "(b) rewrite + mapping" if rewrite else "(a) mapping only"
             pids = {"worker": os.getpid(), "redis": redis_proc.pid, "sink": sink_proc.pid}
             await scenario(
-                label, redis_url, sink_url, args.jobs, args.concurrency, rewrite, pids,
+                label,
+                redis_url,
+                sink_url,
+                args.jobs,
+                args.concurrency,
+                rewrite,
+                pids,
                 args.profile,
             )
     finally:

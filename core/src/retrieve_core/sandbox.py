@@ -7,8 +7,9 @@ V8 isolate (mini-racer): no module loader, no network, no file system (`require`
 
 Creating an isolate costs ~50 ms, so one context per integration (and code version) is kept and
 reused, with the user's function compiled once. A context that timed out or ran out of memory is
-thrown away and recreated on the next call. Calls block, so the async API runs them on a thread
-pool, one call at a time per context.
+thrown away and recreated on the next call. JavaScript runs on the isolate's own thread, so the
+async API never blocks the event loop; calls to one context are serialized, and jobs waiting for
+the same context are sent together in one call (each keeps its own result, console and error).
 
 `run_rewrite_tests` runs a spec's own examples through rewrite + field mapping; the operator uses
 it to refuse a version whose examples fail.
@@ -66,7 +67,7 @@ class RewriteResult:
 
 # The prelude runs once per context. It replaces `console`, removes the few non-ECMAScript globals
 # mini-racer installs, compiles the user's body with `new Function` (so it cannot escape the
-# wrapper), and defines a non-writable entry point taking the JSON text of `jobData`.
+# wrapper), and defines a non-writable entry point taking the JSON text of a list of `jobData`.
 _PRELUDE = r"""
 (function (source, maxLines, maxLineChars, maxResultChars) {
   'use strict';
@@ -98,11 +99,11 @@ _PRELUDE = r"""
     try { delete globalThis[name]; } catch (e) { globalThis[name] = undefined; }
   }
   const userFunction = new Function('jobData', source);
-  const run = function (input) {
+  const runOne = function (jobData) {
     lines.length = 0; dropped = 0;
     let out;
     try {
-      out = {ok: true, result: userFunction(parse(input))};
+      out = {ok: true, result: userFunction(jobData)};
     } catch (e) {
       const text = (e && e.stack) ? StringCtor(e.stack) : StringCtor(e);
       out = {ok: false, error: text};
@@ -121,6 +122,8 @@ _PRELUDE = r"""
     }
     return text;
   };
+  // Many jobs in one call: one round trip to the isolate instead of one per job.
+  const run = (input) => '[' + parse(input).map(runOne).join(',') + ']';
   fixed('__retrieveRun', run);
   return true;
 })
@@ -214,8 +217,9 @@ class _Context:
     """One isolate with one compiled rewrite function, bound to the event loop that made it.
 
     mini-racer runs JavaScript on the isolate's own native thread and reports back to the loop,
-    so awaiting a call never blocks the loop; the lock keeps one call at a time per context
-    (the console buffer is per context).
+    so awaiting a call never blocks the loop (no Python thread pool is needed, and none would be
+    faster: each call would still hop to the isolate's thread). The lock keeps one call at a
+    time per context (the console buffer is per context).
     """
 
     def __init__(self, spec: RewriteSpec) -> None:
@@ -237,15 +241,28 @@ class _Context:
                 kind="compile" if exc.kind == "thrown" else exc.kind,
             ) from exc
 
-    async def call(self, job_data: Any, spec: RewriteSpec) -> RewriteResult:
+    async def call(
+        self, job_datas: list[Any], spec: RewriteSpec
+    ) -> list[RewriteResult | RewriteError]:
+        """Runs the function once per `jobData`, all in one trip to the isolate.
+
+        A job's own failure (thrown, bad shape) is its item; a time-out or OOM of the whole call
+        raises, and the context is then broken.
+        """
         raw = await self._eval(
-            f"__retrieveRun({json.dumps(json.dumps(job_data))})", spec.timeout_ms, spec
+            f"__retrieveRun({json.dumps(json.dumps(job_datas))})", spec.timeout_ms, spec
         )
         if self.racer.was_hard_memory_limit_reached():
             self.broken = True
         if not isinstance(raw, str):
             raise RewriteError("rewrite sandbox returned no result", kind="shape")
-        return parse_result(json.loads(raw))
+        results: list[RewriteResult | RewriteError] = []
+        for item in json.loads(raw):
+            try:
+                results.append(parse_result(item))
+            except RewriteError as exc:
+                results.append(exc)
+        return results
 
     async def _eval(self, code: str, timeout_ms: int, spec: RewriteSpec) -> Any:
         try:
@@ -291,9 +308,13 @@ class Sandbox:
     isolate's thread, one call at a time per context, in parallel across contexts.
     """
 
-    def __init__(self, max_contexts: int = 256) -> None:
+    def __init__(self, max_contexts: int = 256, max_batch: int = 64) -> None:
         self.max_contexts = max_contexts
+        self.max_batch = max_batch
         self._contexts: OrderedDict[str, _Context] = OrderedDict()
+        self._queues: dict[str, list[tuple[RewriteSpec, Any, asyncio.Future[RewriteResult]]]] = {}
+        self._drainers: dict[str, asyncio.Task[None]] = {}
+        self._batch_limit: dict[str, int] = {}
         self._closed = False
         _live_sandboxes.add(self)
 
@@ -313,7 +334,7 @@ class Sandbox:
             self._contexts.move_to_end(key)
             return ctx
         if self._closed:
-            raise RuntimeError("sandbox is closed")
+            raise RewriteError("rewrite sandbox is closed")
         # A new code version of an integration replaces the old one; the cache stays bounded.
         integration = key.split(":", 1)[0] + ":"
         for other in [k for k in self._contexts if k == key or k.startswith(integration)]:
@@ -339,30 +360,88 @@ class Sandbox:
         # else: the call holding the lock closes it when it finishes
 
     async def run(self, key: str, spec: RewriteSpec, job_data: Any) -> RewriteResult:
-        """Runs the rewrite function of `spec` (context `key`, see `code_key`) on `job_data`."""
-        while True:
-            ctx = await self._context(key, spec)
-            async with ctx.lock:
-                if ctx.broken:  # replaced while we waited for the lock
-                    if self._contexts.get(key) is ctx:
-                        self._retire(key)
-                    ctx.close()
+        """Runs the rewrite function of `spec` (context `key`, see `code_key`) on `job_data`.
+
+        Calls waiting for the same context are sent to the isolate together (one round trip
+        for up to `max_batch` jobs); each still gets its own result, console and errors.
+        """
+        future: asyncio.Future[RewriteResult] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(key, []).append((spec, job_data, future))
+        drainer = self._drainers.get(key)
+        if drainer is None or drainer.done():
+            self._drainers[key] = asyncio.create_task(self._drain(key))
+        return await future
+
+    async def _drain(self, key: str) -> None:
+        queue = self._queues.get(key, [])
+        while queue:
+            limit = self._batch_limit.get(key, self.max_batch)
+            batch = queue[:limit]
+            del queue[:limit]
+            try:
+                results = await self._run_batch(key, batch[-1][0], [b[1] for b in batch])
+            except BaseException as exc:  # nobody may wait forever
+                error = exc if isinstance(exc, RewriteError) else RewriteError(repr(exc))
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, _, future), result in zip(batch, results, strict=True):
+                if future.done():
                     continue
-                try:
-                    return await ctx.call(job_data, spec)
-                finally:
-                    if ctx.broken:
-                        if self._contexts.get(key) is ctx:
-                            del self._contexts[key]
-                        ctx.close()
+                if isinstance(result, RewriteError):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        self._queues.pop(key, None)
+
+    async def _run_batch(
+        self, key: str, spec: RewriteSpec, job_datas: list[Any]
+    ) -> list[RewriteResult | RewriteError]:
+        try:
+            return await self._call(key, spec, job_datas)
+        except RewriteError as exc:
+            if len(job_datas) == 1 or exc.kind == "compile":
+                return [exc] * len(job_datas)
+        # The batch as a whole timed out or ran out of memory: run each job alone, so only the
+        # job that caused it fails. When none does, the function is just slow: stop batching.
+        results: list[RewriteResult | RewriteError] = []
+        for job_data in job_datas:
+            try:
+                results.extend(await self._call(key, spec, [job_data]))
+            except RewriteError as exc:
+                results.append(exc)
+        if not any(
+            isinstance(r, RewriteError) and r.kind in ("timeout", "memory") for r in results
+        ):
+            self._batch_limit[key] = 1
+        return results
+
+    async def _call(
+        self, key: str, spec: RewriteSpec, job_datas: list[Any]
+    ) -> list[RewriteResult | RewriteError]:
+        ctx = await self._context(key, spec)
+        async with ctx.lock:
+            try:
+                return await ctx.call(job_datas, spec)
+            finally:
+                if ctx.broken:
+                    if self._contexts.get(key) is ctx:
+                        del self._contexts[key]
+                    ctx.close()
 
     def forget(self, keep: Callable[[str], bool]) -> None:
         """Closes the contexts whose key `keep` refuses (integrations removed from the config)."""
         for key in [k for k in self._contexts if not keep(k)]:
             self._retire(key)
+            self._batch_limit.pop(key, None)
 
     def close(self) -> None:
         self._closed = True
+        for drainer in self._drainers.values():
+            drainer.cancel()
         for key in list(self._contexts):
             ctx = self._contexts.pop(key)
             ctx.close()

@@ -1,0 +1,211 @@
+"""Redis side of the job queue: the consumer group, outcome commits, delayed retries.
+
+Every command here touches keys of one application, which share a hash tag, so each Lua script
+is legal on Redis Cluster too. An outcome (log update, retry schedule or dead letter) and the
+XACK that ends a delivery are one atomic script call: a job is never acked before its outcome
+is stored, and an outcome is never stored without the ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from retrieve_core.job import JOB_FIELD
+from retrieve_core.keys import CONSUMER_GROUP, AppKeys
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_group(redis: Redis, keys: AppKeys) -> bool:
+    """Creates the consumer group (and the stream) if missing; True when it was created.
+
+    The group starts at id 0, so jobs enqueued before the first worker ever started are read.
+    """
+    try:
+        await redis.xgroup_create(keys.jobs, CONSUMER_GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+        return False
+    return True
+
+
+class Finish(StrEnum):
+    DONE = "done"  # succeeded or failed for good: record and ack
+    RETRY = "retry"  # record, schedule the next attempt, ack
+    DEAD = "dead"  # record, add to the dead-letter stream, ack
+
+
+# The outcome of one delivery, in one atomic step: the log record is updated (only if it still
+# exists: a trimmed record must not come back half-empty), a retry is scheduled or a dead letter
+# added, and the entry is acked and deleted (so the stream length is the queue depth).
+# KEYS: jobs, log record, delayed, delayed payloads, dead letters (all of one hash tag).
+# ARGV[1]: a JSON array [group, entry id, mode, job id, job json, due time, integration id,
+#          error, failed at, [log field name, value, ...]] (one argument: cheap to send).
+FINISH_SCRIPT = """
+local a = cjson.decode(ARGV[1])
+local fields = a[10]
+if #fields > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[2], unpack(fields))
+end
+if a[3] == 'retry' then
+  redis.call('HSET', KEYS[4], a[4], a[5])
+  redis.call('ZADD', KEYS[3], a[6], a[4])
+elseif a[3] == 'dead' then
+  redis.call('XADD', KEYS[5], '*', 'job', a[5], 'integration_id', a[7], 'error', a[8],
+             'failed_at', a[9])
+end
+redis.call('XACK', KEYS[1], a[1], a[2])
+redis.call('XDEL', KEYS[1], a[2])
+return 1
+"""
+FINISH_SHA = hashlib.sha1(FINISH_SCRIPT.encode()).hexdigest()
+
+
+def encode_log_fields(fields: Mapping[str, Any]) -> list[str]:
+    """Log fields as `logstore.update_fields` writes them (JSON unless a string), flattened."""
+    flat: list[str] = []
+    for name, value in fields.items():
+        flat += (name, value if isinstance(value, str) else json.dumps(value))
+    flat += ("updated_at", json.dumps(time.time()))
+    return flat
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    entry_id: str
+    mode: Finish = Finish.DONE
+    job_id: str = ""
+    """The job (and log record) id; empty when the entry carries no decodable job."""
+    log_fields: Mapping[str, Any] | None = None
+    job_json: str = ""
+    due: float = 0.0
+    integration_id: str = ""
+    error: str = ""
+
+    def args(self, keys: AppKeys) -> tuple[Any, ...]:
+        now = time.time()
+        packed = [
+            CONSUMER_GROUP,
+            self.entry_id,
+            self.mode.value,
+            self.job_id,
+            self.job_json,
+            repr(self.due),
+            self.integration_id,
+            self.error[:2000],
+            repr(now),
+            encode_log_fields(self.log_fields) if self.log_fields else [],
+        ]
+        return (
+            FINISH_SHA,
+            5,
+            keys.jobs,
+            keys.log_record(self.job_id or "-"),
+            keys.delayed,
+            keys.delayed_payloads,
+            keys.dead_letters,
+            json.dumps(packed, separators=(",", ":")),
+        )
+
+
+# Moves due retries back to the jobs stream: XADD and removal in one script, so a job is never
+# lost or doubled by two workers running it at once.
+MOVE_DUE_SCRIPT = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(ids) do
+  local job = redis.call('HGET', KEYS[2], id)
+  if job then
+    redis.call('XADD', KEYS[3], '*', ARGV[3], job)
+  end
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+end
+return #ids
+"""
+
+
+class DelayedMover:
+    def __init__(self, redis: Redis) -> None:
+        self._script = redis.register_script(MOVE_DUE_SCRIPT)
+
+    async def move_due(self, keys: AppKeys, limit: int = 500, now: float | None = None) -> int:
+        moved = await self._script(
+            keys=[keys.delayed, keys.delayed_payloads, keys.jobs],
+            args=[repr(time.time() if now is None else now), limit, JOB_FIELD],
+        )
+        return int(moved)
+
+
+class Committer:
+    """Writes the outcomes of one application's jobs, batching concurrent ones.
+
+    Each outcome is one atomic script call; while one batch is in flight the next accumulates,
+    so under load many jobs share a round trip and at low load nothing waits. Each caller
+    learns whether its own outcome was stored.
+    """
+
+    def __init__(self, redis: Redis, keys: AppKeys, max_batch: int = 256) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.max_batch = max_batch
+        self._pending: list[tuple[Completion, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._loaded = False
+
+    async def commit(self, outcome: Completion) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((outcome, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = self._pending[: self.max_batch]
+            del self._pending[: self.max_batch]
+            try:
+                await self._execute(batch)
+            except BaseException as exc:  # nobody may wait forever
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(
+                            exc if isinstance(exc, Exception) else RedisError(repr(exc))
+                        )
+                if not isinstance(exc, Exception):
+                    raise
+
+    async def _execute(self, batch: list[tuple[Completion, asyncio.Future[None]]]) -> None:
+        if not self._loaded:
+            await self.redis.script_load(FINISH_SCRIPT)
+            self._loaded = True
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for outcome, _ in batch:
+                pipe.execute_command("EVALSHA", *outcome.args(self.keys))
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        again = [
+            item
+            for item, reply in zip(batch, replies, strict=True)
+            if isinstance(reply, NoScriptError)  # Redis restarted or flushed its scripts
+        ]
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done() or isinstance(reply, NoScriptError):
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(None)
+        if again:
+            self._loaded = False
+            await self._execute(again)

@@ -1,0 +1,156 @@
+"""One job's workflow: payload -> rewrite (optional) -> field mapping per record -> destinations.
+
+`run_workflow` decides what happened; it writes nothing to Redis. The worker turns the verdict
+into a log update, an ack, a scheduled retry or a dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import aiohttp
+
+from retrieve_core.config import IntegrationConfig
+from retrieve_core.job import Job
+from retrieve_core.logstore import DestinationResult
+from retrieve_core.mapping import MappingError, compile_mapping, split_records
+from retrieve_core.models import RetrySpec
+from retrieve_core.sandbox import RewriteError, Sandbox, code_key
+
+from .destinations import Delivery, deliver, is_delivered
+
+MAX_LOGGED_DELIVERIES = 100
+SETTLED_EARLIER = "settled by an earlier attempt"
+
+
+class Verdict(StrEnum):
+    SUCCEEDED = "succeeded"  # every record reached every destination
+    FAILED = "failed"  # failed for good: jobStatus 0, or a destination refused (4xx)
+    RETRY = "retry"  # may pass later: thrown/timed-out rewrite, 5xx, time-out, unreachable
+
+
+@dataclass
+class Outcome:
+    verdict: Verdict
+    job_status: int | None = None
+    message: str = ""
+    error: str = ""
+    destinations: list[DestinationResult] = field(default_factory=list)
+    console: list[str] = field(default_factory=list)
+    deliveries: dict[str, int] = field(default_factory=dict)
+    rewrite_seconds: float | None = None
+
+
+def delivery_key(destination: str, record_index: int) -> str:
+    return f"{destination}/{record_index}"
+
+
+def backoff_seconds(retry: RetrySpec, attempt: int, rng: random.Random | None = None) -> float:
+    """Delay before attempt `attempt + 1`: `backoffSeconds * 2^(attempt-1)`, capped at
+    `maxBackoffSeconds`, with equal jitter (between half and all of it)."""
+    base = min(retry.max_backoff_seconds, retry.backoff_seconds * 2.0 ** max(attempt - 1, 0))
+    if base <= 0:
+        return 0.0
+    return base / 2 + (rng or random).uniform(0, base / 2)
+
+
+def _records(data: Any) -> list[Any]:
+    return [] if data is None else split_records(data)
+
+
+async def run_workflow(
+    job: Job,
+    integration: IntegrationConfig,
+    sandbox: Sandbox,
+    session: aiohttp.ClientSession,
+) -> Outcome:
+    spec = integration.spec
+    console: list[str] = []
+    message = ""
+    job_status: int | None = None
+    rewrite_seconds: float | None = None
+    data: Any = job.payload
+    if spec.rewrite is not None:
+        started = time.perf_counter()
+        try:
+            result = await sandbox.run(
+                code_key(integration.id, spec.rewrite), spec.rewrite, job.job_data()
+            )
+        except RewriteError as exc:
+            return Outcome(Verdict.RETRY, error=exc.message, console=exc.console)
+        finally:
+            rewrite_seconds = time.perf_counter() - started
+        console, message, job_status = result.console, result.message, result.job_status
+        if result.job_status == 0:
+            return Outcome(
+                Verdict.FAILED,
+                job_status=0,
+                message=message,
+                error=message or "rewrite function returned jobStatus 0",
+                console=console,
+                rewrite_seconds=rewrite_seconds,
+            )
+        data = result.data
+    try:
+        records = [compile_mapping(spec.field_mapping).apply(r) for r in _records(data)]
+    except MappingError as exc:
+        return Outcome(
+            Verdict.RETRY, job_status=job_status, message=message, error=str(exc), console=console
+        )
+
+    settled = dict(job.deliveries)
+    results: list[DestinationResult] = []
+    sends: list[Any] = []
+    for destination in spec.destinations:
+        for index, record in enumerate(records):
+            key = delivery_key(destination.name, index)
+            if key in settled:
+                results.append(
+                    DestinationResult(
+                        name=destination.name,
+                        record=index,
+                        status=settled[key],
+                        body=SETTLED_EARLIER,
+                    )
+                )
+                continue
+            sends.append(deliver(session, destination, record, job_id=job.id, record_index=index))
+    if len(sends) == 1:
+        deliveries: list[Delivery] = [await sends[0]]
+    else:
+        deliveries = list(await asyncio.gather(*sends))
+
+    errors: list[str] = []
+    retry = refused = False
+    for delivery in deliveries:
+        outcome = delivery.result
+        results.append(outcome)
+        if delivery.delivered or not delivery.retryable:
+            settled[delivery_key(outcome.name, outcome.record)] = outcome.status or 0
+        if not delivery.delivered:
+            errors.append(outcome.error)
+            retry = retry or delivery.retryable
+            refused = refused or not delivery.retryable
+    refused = refused or any(not is_delivered(status) for status in settled.values())
+    if retry:
+        verdict = Verdict.RETRY
+    elif refused:
+        verdict = Verdict.FAILED
+    else:
+        verdict = Verdict.SUCCEEDED
+    error = "; ".join(errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
+    return Outcome(
+        verdict,
+        job_status=job_status,
+        message=message,
+        error=error,
+        destinations=results[:MAX_LOGGED_DELIVERIES],
+        console=console,
+        deliveries=settled,
+        rewrite_seconds=rewrite_seconds,
+    )
