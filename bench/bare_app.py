@@ -17,7 +17,16 @@ async def accept(request: web.Request) -> web.Response:
 def main() -> None:
     app = web.Application()
     app.router.add_post("/integration/{id}", accept)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+    # Same event loop as `retrieve receiver` (uvloop when installed), so the comparison is fair.
+    try:
+        import uvloop
+    except ImportError:
+        loop = None
+    else:
+        loop = uvloop.new_event_loop()
+    web.run_app(
+        app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None, loop=loop
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ With no --redis-url a private `redis-server` is started on a free port and remov
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any
 
@@ -20,6 +19,7 @@ from .serve import (
     _receiver_settings,
     _worker_settings,
     folder_source,
+    run_event_loop,
     run_until_signal,
 )
 
@@ -76,7 +76,7 @@ def run_dev(args: argparse.Namespace) -> int:
             private = PrivateRedis().start()
             redis_url = private.url
         write_dev_state(redis_url, args.config_dir.resolve())
-        asyncio.run(_dev(args, redis_url))
+        run_event_loop(_dev(args, redis_url))
     except RedisNotInstalled as exc:
         print(f"retrieve dev: {exc}", file=sys.stderr)
         return 2

@@ -220,11 +220,21 @@ async def _worker_main(args: argparse.Namespace) -> None:
     )
 
 
+def run_event_loop(coro: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run on uvloop when it is installed: aiohttp serves and calls faster on it."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
 def _run(
     main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]], args: argparse.Namespace
 ) -> int:
     try:
-        asyncio.run(main(args))
+        run_event_loop(main(args))
     except CommandError as exc:
         print(f"retrieve: {exc}", file=sys.stderr)
         return 2
