@@ -1,0 +1,1 @@
+"""The Retrieve Kubernetes operator (kopf): CRDs, RBAC and reconcilers."""
