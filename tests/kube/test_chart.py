@@ -16,7 +16,6 @@ import yaml
 
 from retrieve_operator import rbac
 from tests.support.kube_cluster import KubeTestCluster
-from tests.support.kube_fixtures import kube_cluster, kube_namespace  # noqa: F401
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.kube
@@ -67,7 +66,7 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def cluster_with_crds(kube_cluster: KubeTestCluster) -> KubeTestCluster:  # noqa: F811
+def cluster_with_crds(kube_cluster: KubeTestCluster) -> KubeTestCluster:
     kube_cluster.kubectl(
         "apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds")
     )
@@ -113,14 +112,14 @@ def _pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
 
 
 @pytest.mark.parametrize("chart", [CHART, CRD_CHART], ids=lambda p: p.name)
-def test_helm_lint_is_clean(kube_cluster: KubeTestCluster, chart: Path) -> None:  # noqa: F811
+def test_helm_lint_is_clean(kube_cluster: KubeTestCluster, chart: Path) -> None:
     result = kube_cluster.helm("lint", "--strict", str(chart))
     assert "0 chart(s) failed" in result.stdout, result.stdout
     assert "[WARNING]" not in result.stdout, result.stdout
 
 
 def test_crd_chart_renders_the_committed_crds_unchanged(
-    kube_cluster: KubeTestCluster,  # noqa: F811
+    kube_cluster: KubeTestCluster,
 ) -> None:
     rendered = kube_cluster.helm("template", "retrieve-crds", str(CRD_CHART)).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
@@ -144,7 +143,7 @@ def test_crd_chart_renders_the_committed_crds_unchanged(
 
 def test_default_values_render_and_pass_server_side_dry_run(
     cluster_with_crds: KubeTestCluster,
-    kube_namespace: str,  # noqa: F811
+    kube_namespace: str,
 ) -> None:
     rendered, docs = _template(cluster_with_crds, kube_namespace)
     kinds = sorted(d["kind"] for d in docs)
@@ -182,7 +181,7 @@ def test_default_values_render_and_pass_server_side_dry_run(
 
 
 def test_every_pod_runs_non_root_read_only_without_capabilities(
-    kube_cluster: KubeTestCluster,  # noqa: F811
+    kube_cluster: KubeTestCluster,
 ) -> None:
     _, docs = _template(kube_cluster, "retrieve-system")
     pods = _pod_specs(docs)
@@ -200,7 +199,7 @@ def test_every_pod_runs_non_root_read_only_without_capabilities(
 
 def test_non_default_values_render_and_pass_server_side_dry_run(
     cluster_with_crds: KubeTestCluster,
-    kube_namespace: str,  # noqa: F811
+    kube_namespace: str,
 ) -> None:
     rendered, docs = _template(cluster_with_crds, kube_namespace, NON_DEFAULT_VALUES)
     cluster_with_crds.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered)
@@ -233,7 +232,7 @@ def test_non_default_values_render_and_pass_server_side_dry_run(
 
 
 def test_redis_network_policy_admits_only_retrieve_pods(
-    kube_cluster: KubeTestCluster,  # noqa: F811
+    kube_cluster: KubeTestCluster,
 ) -> None:
     _, docs = _template(kube_cluster, "retrieve-system", {"networkPolicy": {"enabled": True}})
     policies = {p["metadata"]["name"]: p for p in _by_kind(docs, "NetworkPolicy")}
@@ -246,7 +245,7 @@ def test_redis_network_policy_admits_only_retrieve_pods(
 
 
 def test_external_redis_without_url_is_a_clear_error(
-    kube_cluster: KubeTestCluster,  # noqa: F811
+    kube_cluster: KubeTestCluster,
 ) -> None:
     result = kube_cluster.helm(
         "template", "retrieve", str(CHART), "--set", "redis.enabled=false", check=False
@@ -257,7 +256,7 @@ def test_external_redis_without_url_is_a_clear_error(
 
 def test_installed_chart_rbac_lets_the_operator_provision_runtime_rbac_and_no_more(
     cluster_with_crds: KubeTestCluster,
-    kube_namespace: str,  # noqa: F811
+    kube_namespace: str,
 ) -> None:
     """Real install: the operator's ServiceAccount creates the runtime Roles (no escalation
     error), and the receiver's ServiceAccount reads only its own namespace."""
@@ -305,7 +304,7 @@ def test_installed_chart_rbac_lets_the_operator_provision_runtime_rbac_and_no_mo
 
 def test_the_real_operator_reconciles_an_application_with_only_the_charts_rbac(
     cluster_with_crds: KubeTestCluster,
-    kube_namespace: str,  # noqa: F811
+    kube_namespace: str,
 ) -> None:
     """`retrieve operator` authenticated as the chart's ServiceAccount (not admin) creates the
     children and the runtime RBAC of an application, and never meets a 403."""

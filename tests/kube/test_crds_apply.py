@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from tests.support.kube_cluster import KubeTestCluster
-from tests.support.kube_fixtures import kube_cluster, kube_namespace  # noqa: F401
 
 pytestmark = pytest.mark.kube
 
@@ -20,7 +19,7 @@ CRD_NAMES = ("retrieveapplications.retrievetl.com", "integrations.retrievetl.com
 
 
 @pytest.fixture(scope="module")
-def crds_installed(kube_cluster: KubeTestCluster) -> KubeTestCluster:  # noqa: F811
+def crds_installed(kube_cluster: KubeTestCluster) -> KubeTestCluster:
     """The committed CRDs applied (idempotent: other modules may apply them too)."""
     kube_cluster.kubectl(
         "apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds")
@@ -105,7 +104,7 @@ def _check_examples_apply(cluster: KubeTestCluster, examples_dir: str) -> None:
 
 def test_server_applies_the_schema_defaults(
     crds_installed: KubeTestCluster,
-    kube_namespace: str,  # noqa: F811
+    kube_namespace: str,
 ) -> None:
     integration = _integration(kube_namespace)
     integration["spec"]["verify"] = {
@@ -126,7 +125,7 @@ def test_server_applies_the_schema_defaults(
 
 def test_status_subresource_feeds_the_printer_columns(
     crds_installed: KubeTestCluster,
-    kube_namespace: str,  # noqa: F811
+    kube_namespace: str,
 ) -> None:
     ns = kube_namespace
     crds_installed.kubectl("apply", "-f", "-", input=json.dumps(_integration(ns)))
@@ -183,7 +182,7 @@ def test_status_subresource_feeds_the_printer_columns(
 
 def test_application_printer_columns(
     crds_installed: KubeTestCluster,
-    kube_namespace: str,  # noqa: F811
+    kube_namespace: str,
 ) -> None:
     crds_installed.kubectl("apply", "-f", "-", input=json.dumps(_application(kube_namespace)))
     table = crds_installed.kubectl("get", "rapp", "-n", kube_namespace).stdout.splitlines()
@@ -261,7 +260,7 @@ INVALID: list[tuple[str, str, str, Any, tuple[str, ...]]] = [
 )
 def test_invalid_object_is_refused_naming_the_field(
     crds_installed: KubeTestCluster,
-    kube_namespace: str,  # noqa: F811
+    kube_namespace: str,
     kind: str,
     dotted: str,
     value: Any,
@@ -285,7 +284,7 @@ def test_invalid_object_is_refused_naming_the_field(
 )
 def test_whitelist_entries_the_models_accept_are_accepted_by_the_server(
     crds_installed: KubeTestCluster,
-    kube_namespace: str,  # noqa: F811
+    kube_namespace: str,
     entries: list[str],
 ) -> None:
     app = _set(_application(kube_namespace), "spec.allowedList", entries)

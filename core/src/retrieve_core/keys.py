@@ -80,3 +80,7 @@ class AppKeys:
     def last_received(self) -> str:
         """Hash of integration id -> unix time of the last accepted request."""
         return self._key("last-received")
+
+    def rate_limit(self, scope: str) -> str:
+        """Hash (tokens, ts) of one token bucket: scope `app` or `int:<integration id>`."""
+        return self._key("rate", scope)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -120,6 +121,24 @@ class WebhookLogsSpec(SpecModel):
     payload_bytes: int = Field(default=DEFAULT_LOG_PAYLOAD_BYTES, ge=0, le=16 * 1024 * 1024)
 
 
+class RateLimitSpec(SpecModel):
+    """A token bucket kept in Redis, so the limit holds across receiver replicas."""
+
+    requests_per_second: float = Field(
+        gt=0, le=1_000_000, description="tokens added per second (sustained rate)"
+    )
+    burst: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="bucket size: requests allowed at once (default: ceil(requestsPerSecond))",
+    )
+
+    @property
+    def capacity(self) -> int:
+        return self.burst if self.burst is not None else max(1, math.ceil(self.requests_per_second))
+
+
 class RetrieveApplicationSpec(SpecModel):
     webhook: WebhookSpec
     allowed_list: list[AllowedEntry] = Field(default_factory=list)
@@ -128,6 +147,7 @@ class RetrieveApplicationSpec(SpecModel):
     worker: WorkerSpec = Field(default_factory=WorkerSpec)
     redis: RedisSpec = Field(default_factory=RedisSpec)
     webhook_logs: WebhookLogsSpec = Field(default_factory=WebhookLogsSpec)
+    rate_limit: RateLimitSpec | None = None
 
     @field_validator("allowed_list")
     @classmethod
@@ -220,6 +240,7 @@ class IntegrationSpec(SpecModel):
     field_mapping: dict[str, str] = Field(default_factory=dict)
     destinations: list[Destination] = Field(default_factory=list)
     retry: RetrySpec = Field(default_factory=RetrySpec)
+    rate_limit: RateLimitSpec | None = None
 
     @field_validator("destinations")
     @classmethod

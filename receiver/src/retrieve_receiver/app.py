@@ -30,6 +30,7 @@ from retrieve_core.constants import (
     MSG_NOT_AUTHORIZED,
     MSG_NOT_FOUND,
     MSG_QUEUE_UNAVAILABLE,
+    MSG_RATE_LIMITED,
     MSG_TOO_LARGE,
 )
 from retrieve_core.job import Job, new_job_id
@@ -47,6 +48,7 @@ from .enqueue import Delivery, Enqueuer
 from .errors import WebhookError, failure, success
 from .metrics import UNKNOWN_INTEGRATION, ReceiverMetrics
 from .parsing import PayloadError, parse_payload
+from .ratelimit import RateLimiter, retry_after_seconds
 from .routing import AppRoute, IntegrationRoute, RoutingTable, build_routing
 from .settings import ReceiverSettings
 from .signatures import is_woocommerce_ping, verify
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 # and enforced while reading (`read_body`). This is the largest maxBodyBytes the CRD allows.
 CLIENT_MAX_SIZE = 64 * 1024 * 1024
 LOG_TRIM_INTERVAL = 60.0
+MSG_BODY_INCOMPLETE = "Request body incomplete: the connection was closed"
 MAX_DEDUPE_VALUE = 512
 
 
@@ -92,6 +95,7 @@ METRICS_KEY = web.AppKey("metrics", ReceiverMetrics)
 REDIS_KEY = web.AppKey("redis", Redis)
 ENQUEUER_KEY = web.AppKey("enqueuer", Enqueuer)
 DNS_KEY = web.AppKey("dns", FcrdnsVerifier)
+LIMITER_KEY = web.AppKey("limiter", RateLimiter)
 
 
 def make_redis(settings: ReceiverSettings) -> Redis:
@@ -109,6 +113,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     client = make_redis(app[SETTINGS_KEY])
     app[REDIS_KEY] = client
     app[ENQUEUER_KEY] = Enqueuer(client)
+    app[LIMITER_KEY] = RateLimiter(client)
     yield
     await client.aclose()
 
@@ -319,6 +324,8 @@ async def _receive(request: web.Request, *, xml_route: bool) -> web.Response:
         raise refuse(404, MSG_NOT_FOUND.format(id=integration_id))
     if not target.enabled:
         raise refuse(409, MSG_DISABLED.format(id=integration_id))
+    if target.rate_limits:
+        await _check_rate_limits(request, target, source_ip)
     try:
         body = await read_body(request, app.max_body_bytes)
     except OverflowError:
@@ -362,6 +369,24 @@ async def _receive(request: web.Request, *, xml_route: bool) -> web.Response:
         raise refuse(400, template.format(detail="nested too deeply"), body, fmt) from None
 
     return await _enqueue(request, app=app, target=target, job=job, job_json=job_json, body=body)
+
+
+async def _check_rate_limits(
+    request: web.Request, target: IntegrationRoute, source_ip: str
+) -> None:
+    """429 with `Retry-After` when a bucket is empty; 503 when Redis cannot say (fail closed)."""
+    app = target.app
+    try:
+        async with asyncio.timeout(request.app[SETTINGS_KEY].redis_timeout * 2):
+            wait_ms = await request.app[LIMITER_KEY].acquire(target.rate_limits)
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("rate limit of integration %s not checked: %s", target.id, exc)
+        raise WebhookError(503, MSG_QUEUE_UNAVAILABLE, app, target.id, source_ip) from None
+    if wait_ms > 0:
+        retry_after = str(retry_after_seconds(wait_ms))
+        raise WebhookError(
+            429, MSG_RATE_LIMITED, app, target.id, source_ip, headers={"Retry-After": retry_after}
+        )
 
 
 async def _enqueue(
@@ -426,13 +451,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
     except WebhookError as exc:
-        response = failure(exc.status, exc.message)
+        response = failure(exc.status, exc.message, exc.headers)
         if exc.status == 503:
             request.app[METRICS_KEY].enqueue_failures.inc()
         if exc.app is not None:
             await _log_refusal(request, exc)
     except web.HTTPException as exc:
         response = _http_error(request, exc)
+    except ConnectionResetError:
+        # The sender closed the connection before its body was complete: nobody will read an
+        # answer, and it is not our error (no traceback, not a 500 in the metrics).
+        log.info("%s %s: connection closed before the body was complete", request.method,
+                 request.path)  # fmt: skip
+        response = failure(400, MSG_BODY_INCOMPLETE)
     except asyncio.CancelledError:
         raise
     except Exception:

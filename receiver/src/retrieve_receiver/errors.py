@@ -35,6 +35,8 @@ class WebhookError(Exception):
     source_ip: str = ""
     payload: bytes = b""
     format: str = ""
+    headers: dict[str, str] | None = None
+    """Extra answer headers (`Retry-After` of a 429)."""
 
     def __str__(self) -> str:
         return f"{self.status} {self.message}"

@@ -15,6 +15,7 @@ from retrieve_core.keys import AppKeys
 from retrieve_core.models import Preset
 from retrieve_core.provider import ConfigSnapshot
 
+from .ratelimit import Bucket
 from .settings import ReceiverSettings
 from .signatures import SIGNATURE_HEADERS, SignatureScheme, compile_scheme
 from .whitelist import NetworkSet, Whitelist, compile_networks, compile_whitelist
@@ -96,6 +97,8 @@ class IntegrationRoute:
     scheme: SignatureScheme | None  # None with verify_required: misconfigured, fail closed
     dedupe: DedupeRule | None
     headers: frozenset[str]
+    rate_limits: tuple[Bucket, ...] = ()
+    """The application's bucket and the integration's, those configured (empty: no check)."""
 
     @property
     def id(self) -> str:
@@ -199,7 +202,18 @@ def _compile_integration(
         scheme=scheme,
         dedupe=dedupe,
         headers=frozenset(headers - NEVER_COPIED),
+        rate_limits=_rate_limits(app, integration),
     )
+
+
+def _rate_limits(app: AppRoute, integration: IntegrationConfig) -> tuple[Bucket, ...]:
+    buckets: list[Bucket] = []
+    if app.config.spec.rate_limit is not None:
+        buckets.append(Bucket(app.keys.rate_limit("app"), app.config.spec.rate_limit))
+    if integration.spec.rate_limit is not None:
+        key = app.keys.rate_limit(f"int:{integration.id}")
+        buckets.append(Bucket(key, integration.spec.rate_limit))
+    return tuple(buckets)
 
 
 def build_routing(snapshot: ConfigSnapshot, settings: ReceiverSettings) -> RoutingTable:

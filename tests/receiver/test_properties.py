@@ -1,0 +1,263 @@
+"""Property tests of the body parsers and the signature verifier: any input, a contract answer.
+
+The parsers either return a payload or raise `PayloadError` with the contract's message (never
+another exception, never a long echo of the input); the verifier accepts exactly the signatures
+made with one of its secrets over the exact bytes, and never raises on hostile headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+from urllib.parse import urlencode
+from xml.sax.saxutils import escape
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict
+
+from retrieve_core.models import VerifySpec
+from retrieve_receiver.parsing import (
+    MAX_DETAIL,
+    PayloadError,
+    parse_form,
+    parse_json,
+    parse_payload,
+    parse_xml,
+)
+from retrieve_receiver.signatures import SignatureScheme, compile_scheme, verify
+from tests.receiver.vectors import (
+    github_signature,
+    shopify_signature,
+    standard_webhooks_signature,
+    stripe_signature,
+)
+
+pytestmark = pytest.mark.unit
+
+JSON_PREFIX = "Invalid JSON payload: "
+XML_PREFIX = "Invalid XML payload: "
+FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
+    max_leaves=30,
+)
+content_types = st.sampled_from(
+    [
+        None,
+        "",
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/x-www-form-urlencoded",
+        "APPLICATION/X-WWW-FORM-URLENCODED; charset=latin-1",
+        "application/xml",
+        "text/xml",
+        "application/atom+xml",
+        "text/plain",
+        "multipart/form-data; boundary=x",
+    ]
+)
+
+
+def assert_contract_error(error: PayloadError, prefix: str) -> None:
+    assert error.message.startswith(prefix)
+    assert len(error.message) <= len(prefix) + MAX_DETAIL
+
+
+@FAST
+@given(json_values)
+def test_any_json_document_round_trips(value: Any) -> None:
+    assert parse_json(json.dumps(value).encode()) == value
+
+
+@FAST
+@given(st.binary(max_size=512))
+def test_any_bytes_as_json_parse_or_get_the_contract_error(body: bytes) -> None:
+    try:
+        parse_json(body)
+    except PayloadError as exc:
+        assert_contract_error(exc, JSON_PREFIX)
+
+
+@FAST
+@given(st.integers(min_value=1, max_value=50_000), st.sampled_from(["[", '{"a":']))
+def test_nesting_depth_never_escapes_as_recursion_error(depth: int, opener: str) -> None:
+    closer = "]" if opener == "[" else "}"
+    body = (opener * depth + ("1" if opener != "[" else "") + closer * depth).encode()
+    try:
+        parse_json(body)
+    except PayloadError as exc:
+        assert_contract_error(exc, JSON_PREFIX)
+
+
+@FAST
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=8), st.text(max_size=8)), max_size=10))
+def test_form_bodies_parse_to_the_fields_sent(pairs: list[tuple[str, str]]) -> None:
+    expected: dict[str, Any] = {}
+    for key, value in pairs:
+        assume("\x00" not in key)
+        if key not in expected:
+            expected[key] = value
+        elif isinstance(expected[key], list):
+            expected[key].append(value)
+        else:
+            expected[key] = [expected[key], value]
+    assert parse_form(urlencode(pairs).encode()) == expected
+
+
+@FAST
+@given(st.binary(max_size=512))
+def test_any_bytes_as_form_parse_or_get_the_contract_error(body: bytes) -> None:
+    try:
+        result = parse_form(body)
+    except PayloadError as exc:
+        assert_contract_error(exc, JSON_PREFIX)
+    else:
+        assert isinstance(result, dict)
+
+
+@FAST
+@given(st.binary(max_size=512))
+def test_any_bytes_as_xml_parse_or_get_the_contract_error(body: bytes) -> None:
+    try:
+        parse_xml(body)
+    except PayloadError as exc:
+        assert_contract_error(exc, XML_PREFIX)
+
+
+xml_text = st.text(
+    alphabet=st.characters(blacklist_categories=["Cs", "Cc"], blacklist_characters="\ufffe\uffff"),
+    min_size=1,
+    max_size=40,
+).map(str.strip)
+
+
+@FAST
+@given(xml_text, st.from_regex(r"\A[a-z][a-z0-9]{0,8}\Z"))
+def test_xml_element_text_round_trips(text: str, tag: str) -> None:
+    assume(text)
+    assert parse_xml(f"<{tag}>{escape(text)}</{tag}>".encode()) == {tag: text}
+
+
+@FAST
+@given(
+    st.sampled_from(
+        [
+            '<!DOCTYPE r [<!ENTITY e "{v}">]><r>&e;</r>',
+            '<!DOCTYPE r [<!ENTITY e SYSTEM "{v}">]><r>&e;</r>',
+            '<!DOCTYPE r SYSTEM "{v}"><r/>',
+            '<!DOCTYPE r [<!ENTITY % p SYSTEM "{v}"> %p;]><r/>',
+            '<?xml version="1.0"?>\n<!DOCTYPE r><r>{v}</r>',
+        ]
+    ),
+    st.text(alphabet="abcdefghij:/.", max_size=20),
+)
+def test_any_doctype_is_refused_before_expansion(template: str, value: str) -> None:
+    with pytest.raises(PayloadError) as caught:
+        parse_xml(template.replace("{v}", value).encode())
+    assert_contract_error(caught.value, XML_PREFIX)
+
+
+@FAST
+@given(st.booleans(), content_types, st.binary(max_size=256))
+def test_parse_payload_never_raises_anything_but_the_contract_error(
+    xml_route: bool, content_type: str | None, body: bytes
+) -> None:
+    try:
+        fmt, _ = parse_payload(xml_route, content_type, body)
+    except PayloadError as exc:
+        prefix = XML_PREFIX if exc.message.startswith(XML_PREFIX) else JSON_PREFIX
+        assert_contract_error(exc, prefix)
+    else:
+        assert fmt in ("json", "xml", "form")
+
+
+# ---------------------------------------------------------------- signatures
+
+secrets_ = st.binary(min_size=1, max_size=64)
+bodies = st.binary(max_size=1024)
+
+
+def scheme(preset: str, *secrets: bytes) -> SignatureScheme:
+    spec = VerifySpec.model_validate({"preset": preset, "secretRefs": [{"name": "s", "key": "k"}]})
+    return compile_scheme(spec, list(secrets))
+
+
+def signed_headers(preset: str, secret: bytes, body: bytes, now: int) -> CIMultiDict[str]:
+    if preset == "github":
+        return CIMultiDict({"X-Hub-Signature-256": github_signature(secret, body)})
+    if preset == "shopify":
+        return CIMultiDict({"X-Shopify-Hmac-Sha256": shopify_signature(secret, body)})
+    if preset == "stripe":
+        return CIMultiDict({"Stripe-Signature": stripe_signature([secret], body, now)})
+    whsec = "whsec_" + base64.b64encode(secret).decode()
+    return CIMultiDict(
+        {
+            "webhook-id": "msg_1",
+            "webhook-timestamp": str(now),
+            "webhook-signature": standard_webhooks_signature(whsec, "msg_1", now, body),
+        }
+    )
+
+
+def stored_secret(preset: str, secret: bytes) -> bytes:
+    """What the Secret holds: Standard Webhooks secrets are `whsec_<base64>`."""
+    if preset == "standard-webhooks":
+        return b"whsec_" + base64.b64encode(secret)
+    return secret
+
+
+presets = st.sampled_from(["github", "shopify", "stripe", "standard-webhooks"])
+
+
+@FAST
+@given(presets, secrets_, secrets_, bodies, st.data())
+def test_signature_verifies_only_with_a_configured_secret_over_the_exact_bytes(
+    preset: str, secret: bytes, other: bytes, body: bytes, data: st.DataObject
+) -> None:
+    assume(secret != other)
+    now = int(time.time())
+    headers = signed_headers(preset, secret, body, now)
+    rotation = scheme(preset, stored_secret(preset, other), stored_secret(preset, secret))
+
+    assert verify(rotation, headers, body, now)
+    assert not verify(scheme(preset, stored_secret(preset, other)), headers, body, now)
+    if body:
+        index = data.draw(st.integers(0, len(body) - 1))
+        flipped = body[:index] + bytes([body[index] ^ 0x01]) + body[index + 1 :]
+        assert not verify(rotation, headers, flipped, now)
+    assert not verify(rotation, headers, body + b" ", now)
+
+
+header_values = st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1"))
+
+
+signature_header_names = st.sampled_from(
+    [
+        "X-Hub-Signature-256",
+        "X-Shopify-Hmac-Sha256",
+        "Stripe-Signature",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    ]
+)
+
+
+@FAST
+@given(presets, st.dictionaries(signature_header_names, header_values, max_size=6), bodies)
+def test_hostile_signature_headers_are_refused_never_raise(
+    preset: str, headers: dict[str, str], body: bytes
+) -> None:
+    assert not verify(scheme(preset, b"whsec_c2VjcmV0"), CIMultiDict(headers), body, time.time())
