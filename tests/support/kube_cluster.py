@@ -114,7 +114,7 @@ def _free_ports(count: int) -> list[int]:
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Ask Linux to SIGTERM the child if the test process dies without calling stop()."""
-    import ctypes  # noqa: PLC0415
+    import ctypes
 
     pr_set_pdeathsig = 1
     with contextlib.suppress(Exception):

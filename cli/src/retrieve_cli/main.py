@@ -135,6 +135,26 @@ def _lazy(module: str, function: str) -> Handler:
     return handler
 
 
+class _QuietBadRequests(logging.Filter):
+    """aiohttp logs every request its HTTP parser refuses as an ERROR with a traceback and the
+    offending bytes: anyone could fill the logs that way. Keep one line at DEBUG instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
+            if logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+                record.msg, record.args = (
+                    "refused a malformed HTTP request: %s",
+                    (type(record.exc_info[1]).__name__,),
+                )
+                record.exc_info, record.exc_text, record.levelno = None, None, logging.DEBUG
+                record.levelname = "DEBUG"
+                return True
+            return False
+        return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -142,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("aiohttp.server").addFilter(_QuietBadRequests())
     handler: Handler = args.handler
     try:
         return handler(args)
