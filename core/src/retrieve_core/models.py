@@ -29,6 +29,9 @@ INTEGRATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 
+MAX_ALLOWED_LIST = 1000
+MAX_TRUSTED_PROXIES = 100
+
 _DOMAIN_RE = re.compile(DOMAIN_PATTERN)
 
 
@@ -141,8 +144,11 @@ class RateLimitSpec(SpecModel):
 
 class RetrieveApplicationSpec(SpecModel):
     webhook: WebhookSpec
-    allowed_list: list[AllowedEntry] = Field(default_factory=list)
-    trusted_proxies: list[AllowedEntry] = Field(default_factory=list)
+    # Bounded so the API server can budget the CEL rules that check each entry.
+    allowed_list: list[AllowedEntry] = Field(default_factory=list, max_length=MAX_ALLOWED_LIST)
+    trusted_proxies: list[AllowedEntry] = Field(
+        default_factory=list, max_length=MAX_TRUSTED_PROXIES
+    )
     receiver: ReceiverSpec = Field(default_factory=ReceiverSpec)
     worker: WorkerSpec = Field(default_factory=WorkerSpec)
     redis: RedisSpec = Field(default_factory=RedisSpec)

@@ -50,10 +50,6 @@ Schema = dict[str, Any]
 CATEGORY: Final = PRODUCT_NAME
 KOPF_GROUP: Final = "kopf.dev"
 
-# Lists checked by CEL need a bound, or the API server refuses the CRD (estimated cost budget).
-# The models do not bound these lists; these limits are far above any real whitelist.
-MAX_ALLOWED_LIST: Final = 1000
-MAX_TRUSTED_PROXIES: Final = 100
 # Host label "webhook-<name>" must fit in 63 characters; the host in 253.
 MAX_APP_NAME: Final = 63 - len("webhook-")
 MAX_HOST: Final = 253
@@ -270,8 +266,8 @@ def application_spec_schema() -> Schema:
             "(no scheme, port, path or trailing dot)",
         ),
     )
+    # Lists checked by CEL need a bound (the models' max_length) for the API server's cost budget.
     allowed = _at(spec, "allowedList")
-    allowed["maxItems"] = MAX_ALLOWED_LIST
     _add_rules(
         allowed["items"],
         _rule(
@@ -280,7 +276,6 @@ def application_spec_schema() -> Schema:
         ),
     )
     proxies = _at(spec, "trustedProxies")
-    proxies["maxItems"] = MAX_TRUSTED_PROXIES
     _add_rules(
         proxies["items"],
         _rule(_IP_OR_CIDR, "spec.trustedProxies entries must be an IP address or a CIDR"),
