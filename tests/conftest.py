@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
+from tests.support.processes import Sink
 from tests.support.redis_server import RedisServer
 
 
@@ -38,3 +39,13 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[Sink]:
+    """An HTTP destination the test runs: records deliveries, can fail or stall on demand."""
+    server = await Sink().start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,15 +66,6 @@ EXTRA: list[dict[str, Any]] = [
         },
     },
 ]
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[Sink]:
-    server = await Sink().start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

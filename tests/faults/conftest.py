@@ -5,18 +5,3 @@ request answered 200 was delivered to the sink or is in the dead letters, and no
 """
 
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
-
-import pytest
-
-from tests.support.processes import Sink
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[Sink]:
-    server = await Sink().start()
-    try:
-        yield server
-    finally:
-        await server.stop()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -80,15 +80,6 @@ async def post(url: str, source: str) -> tuple[int, object]:
         session.post(url, json={"order": {"id": 42}}) as answer,
     ):
         return answer.status, await answer.json()
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[Sink]:
-    server = await Sink().start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture
