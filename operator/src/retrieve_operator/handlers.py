@@ -1,0 +1,154 @@
+"""kopf registration only: every handler delegates to :class:`~.reconcile.Reconciler`.
+
+Run with ``retrieve operator`` or ``kopf run -A -m retrieve_operator.handlers``.
+
+Handlers:
+- startup/cleanup: kopf settings (settings.py), the API client and the reconciler.
+- indexes: RetrieveApplications by (namespace, name); Integrations by application and by id.
+- RetrieveApplication: create/update/resume reconcile; a timer resyncs; deletion (event) tells
+  its Integrations their application is gone.
+- Integration: create/update/resume/deletion reconcile its application and every application
+  with an Integration of the same id (the cluster-wide duplicate rule).
+- Deployments, Services, ConfigMaps, Ingresses labelled as ours: a change that undoes what was
+  applied, or a deletion, reconciles the owning application at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from retrieve_core.constants import (
+    API_GROUP,
+    API_VERSION,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    MANAGED_BY,
+    PLURAL_APPLICATION,
+    PLURAL_INTEGRATION,
+    PRODUCT_NAME,
+)
+
+from . import plan
+from .kube import KubeApi
+from .plan import AppKey, ObjectRecord
+from .reconcile import Reconciler, World
+from .settings import OperatorOptions, configure, resync_seconds
+
+APPLICATION = (API_GROUP, API_VERSION, PLURAL_APPLICATION)
+INTEGRATION = (API_GROUP, API_VERSION, PLURAL_INTEGRATION)
+CHILD_LABELS = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_NAME: PRODUCT_NAME}
+RESYNC_SECONDS = resync_seconds()
+# kopf passes each index to handlers as a keyword argument named by the index's id.
+APPLICATIONS_INDEX = "retrieve_applications"
+BY_APPLICATION_INDEX = "integrations_by_app"
+BY_ID_INDEX = "integrations_by_id"
+
+
+def _reconciler(memo: Any) -> Reconciler:
+    reconciler = memo["reconciler"]
+    assert isinstance(reconciler, Reconciler)
+    return reconciler
+
+
+def _key(namespace: str | None, name: str) -> AppKey:
+    return (namespace or "", name)
+
+
+# ----------------------------------------------------------------------------- operator
+
+
+@kopf.on.startup()
+async def start(*, settings: kopf.OperatorSettings, memo: Any, **indexes: Any) -> None:
+    configure(settings)
+    # kopf's indexes are live (filled from the watch streams); the reconciler reads them on
+    # every pass.
+    world = World(
+        applications=indexes[APPLICATIONS_INDEX],
+        integrations_by_app=indexes[BY_APPLICATION_INDEX],
+        integrations_by_id=indexes[BY_ID_INDEX],
+    )
+    memo["reconciler"] = Reconciler(KubeApi.login(settings), OperatorOptions.from_env(), world)
+
+
+@kopf.on.cleanup()
+async def stop(*, memo: Any, **_: Any) -> None:
+    await _reconciler(memo).close()
+
+
+# ----------------------------------------------------------------------------- indexes
+
+
+@kopf.index(*APPLICATION, id=APPLICATIONS_INDEX)
+def index_application(*, body: kopf.Body, **_: Any) -> dict[AppKey, ObjectRecord]:
+    return plan.index_application(body)
+
+
+@kopf.index(*INTEGRATION, id=BY_APPLICATION_INDEX)
+def index_integration_by_application(*, body: kopf.Body, **_: Any) -> dict[AppKey, ObjectRecord]:
+    return plan.index_integration_by_application(body)
+
+
+@kopf.index(*INTEGRATION, id=BY_ID_INDEX)
+def index_integration_by_id(*, body: kopf.Body, **_: Any) -> dict[str, ObjectRecord]:
+    return plan.index_integration_by_id(body)
+
+
+# ----------------------------------------------------------------------------- applications
+
+
+@kopf.on.resume(*APPLICATION, id="reconcile")
+@kopf.on.create(*APPLICATION, id="reconcile")
+@kopf.on.update(*APPLICATION, id="reconcile")
+async def application_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    await _reconciler(memo).application_changed(_key(namespace, name))
+
+
+@kopf.timer(*APPLICATION, id="resync", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+async def application_resync(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    await _reconciler(memo).application_changed(_key(namespace, name), resync=True)
+
+
+def _deleted(*, type: str, **_: Any) -> bool:
+    return type == "DELETED"
+
+
+def _drifted(*, type: str, body: kopf.Body, memo: Any, **_: Any) -> bool:
+    return _reconciler(memo).drifted(type, body) is not None
+
+
+@kopf.on.event(*APPLICATION, id="deleted", when=_deleted)
+async def application_deleted(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    await _reconciler(memo).application_deleted(_key(namespace, name))
+
+
+# ----------------------------------------------------------------------------- integrations
+
+
+@kopf.on.resume(*INTEGRATION, id="reconcile")
+@kopf.on.create(*INTEGRATION, id="reconcile")
+async def integration_created(*, body: kopf.Body, memo: Any, **_: Any) -> None:
+    await _reconciler(memo).integration_changed(plan.record_from_body(body))
+
+
+@kopf.on.update(*INTEGRATION, id="reconcile")
+async def integration_updated(*, body: kopf.Body, old: Any, memo: Any, **_: Any) -> None:
+    old_spec = dict((old or {}).get("spec") or {})
+    await _reconciler(memo).integration_changed(plan.record_from_body(body), old_spec=old_spec)
+
+
+@kopf.on.event(*INTEGRATION, id="deleted", when=_deleted)
+async def integration_deleted(*, body: kopf.Body, memo: Any, **_: Any) -> None:
+    await _reconciler(memo).integration_changed(plan.record_from_body(body))
+
+
+# ----------------------------------------------------------------------------- children
+
+
+@kopf.on.event("apps/v1", "deployments", labels=CHILD_LABELS, id="drift", when=_drifted)
+@kopf.on.event("v1", "services", labels=CHILD_LABELS, id="drift", when=_drifted)
+@kopf.on.event("v1", "configmaps", labels=CHILD_LABELS, id="drift", when=_drifted)
+@kopf.on.event("networking.k8s.io/v1", "ingresses", labels=CHILD_LABELS, id="drift", when=_drifted)
+async def child_event(*, type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
+    await _reconciler(memo).child_changed(type, body)

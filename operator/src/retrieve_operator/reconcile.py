@@ -1,0 +1,397 @@
+"""Level-based reconcile of an application, its children and its Integrations' status.
+
+Every trigger (a RetrieveApplication or Integration created/changed/resumed/deleted, a child
+drifting or deleted, the periodic resync) ends in :meth:`Reconciler.reconcile`, which reads the
+world (kopf's indexes, Secrets, rewrite-test results), plans with the pure functions of
+``plan.py``, server-side-applies every child, deletes what must not exist, and rebuilds every
+status. Concurrent requests for one application are serialised and coalesced: a request that
+waited while a pass started after it was made is already served by that pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import kopf
+from pydantic import ValidationError
+
+from retrieve_core.config import ApplicationConfig
+from retrieve_core.constants import (
+    API_GROUP_VERSION,
+    CONDITION_READY,
+    KIND_APPLICATION,
+    KIND_INTEGRATION,
+    LABEL_INSTANCE,
+    REASON_INTEGRATION_DISABLED,
+    REASON_INVALID_SPEC,
+    REASON_WEBHOOK_DISABLED,
+)
+from retrieve_core.models import IntegrationSpec
+from retrieve_core.sandbox import run_rewrite_tests
+
+from . import kube
+from .builders import (
+    DeployedApplication,
+    Manifest,
+    absent_children,
+    build_children,
+    config_map_name,
+)
+from .conditions import Condition, find_condition, now_rfc3339
+from .kube import InvalidObject, KubeApi, KubeError, NamespaceTerminating
+from .plan import (
+    AppKey,
+    ApplicationPlan,
+    Facts,
+    IntegrationPlan,
+    ObjectRecord,
+    application_status,
+    covers,
+    integration_id_of,
+    integration_status,
+    invalid_application,
+    parse_integration,
+    plan_application,
+    plan_missing_application,
+    secret_names,
+    status_patch_needed,
+)
+from .rbac import runtime_rbac_objects
+from .settings import OperatorOptions
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ChildKey = tuple[str, str, str, str]
+"""(apiVersion, kind, namespace, name)"""
+
+STATUS_WRITERS: Final = 16
+REWRITE_TEST_RUNNERS: Final = 2
+REWRITE_CACHE_SIZE: Final = 2048
+RETRY_DELAY: Final = 5.0
+FORBIDDEN_RETRY_DELAY: Final = 30.0
+# Not-ready reasons that are a user's choice, not a problem: posted as Normal events.
+QUIET_REASONS: Final = frozenset({REASON_INTEGRATION_DISABLED, REASON_WEBHOOK_DISABLED})
+
+
+@dataclass(frozen=True)
+class World:
+    """kopf's in-memory indexes of the custom resources (see handlers.py)."""
+
+    applications: Mapping[AppKey, Collection[ObjectRecord]]
+    integrations_by_app: Mapping[AppKey, Collection[ObjectRecord]]
+    integrations_by_id: Mapping[str, Collection[ObjectRecord]]
+
+    def application(self, key: AppKey) -> ObjectRecord | None:
+        for record in self.applications.get(key, ()):
+            return record
+        return None
+
+    def integrations(self, key: AppKey) -> list[ObjectRecord]:
+        return [r for r in self.integrations_by_app.get(key, ()) if not r.deleting]
+
+    def claimant_apps(self, integration_id: str) -> set[AppKey]:
+        return {r.app_key for r in self.integrations_by_id.get(integration_id, ())}
+
+
+def _child_key(manifest: Mapping[str, Any]) -> ChildKey:
+    meta = manifest.get("metadata") or {}
+    return (
+        str(manifest.get("apiVersion")),
+        str(manifest.get("kind")),
+        str(meta.get("namespace")),
+        str(meta.get("name")),
+    )
+
+
+def _rewrite_digest(spec: IntegrationSpec) -> str | None:
+    if spec.rewrite is None or not spec.rewrite.tests:
+        return None
+    material = [spec.rewrite.model_dump(mode="json"), spec.field_mapping]
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def _run_rewrite_tests(spec: IntegrationSpec) -> str | None:
+    """Blocking (a V8 isolate): why the examples fail, or None when they pass."""
+    assert spec.rewrite is not None
+    try:
+        failures = run_rewrite_tests(spec.rewrite, spec.field_mapping)
+    except Exception as exc:  # a broken sandbox must not let an untested version through
+        return f"the rewrite tests could not run: {exc}"
+    return "; ".join(str(f) for f in failures) or None
+
+
+class Reconciler:
+    def __init__(self, api: KubeApi, options: OperatorOptions, world: World) -> None:
+        self.api = api
+        self.options = options
+        self.world = world
+        self._locks: dict[AppKey, asyncio.Lock] = {}
+        self._requested: dict[AppKey, int] = {}
+        self._served: dict[AppKey, int] = {}
+        self._outcome: dict[AppKey, Condition] = {}
+        self._desired: dict[ChildKey, Manifest] = {}
+        self._versions: dict[ChildKey, str] = {}
+        self._rbac_ready: set[str] = set()
+        self._rewrite_results: OrderedDict[str, str | None] = OrderedDict()
+        self._rewrite_slots = asyncio.Semaphore(REWRITE_TEST_RUNNERS)
+        self._status_slots = asyncio.Semaphore(STATUS_WRITERS)
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    # ------------------------------------------------------------------- triggers
+
+    async def application_changed(self, key: AppKey, *, resync: bool = False) -> None:
+        """A RetrieveApplication was created, changed, resumed, or is due for a resync.
+
+        An invalid spec fails the change's handler for good (its status says why); the next
+        change of the spec is a new attempt. The resync never fails for it.
+        """
+        await self.reconcile(key, resync=resync)
+        outcome = self._outcome.get(key)
+        if not resync and outcome is not None and outcome.reason == REASON_INVALID_SPEC:
+            raise kopf.PermanentError(outcome.message)
+
+    async def application_deleted(self, key: AppKey) -> None:
+        """Its children go with the garbage collector; its Integrations lose their app."""
+        gone = [
+            child
+            for child, manifest in self._desired.items()
+            if child[2] == key[0] and manifest["metadata"]["labels"].get(LABEL_INSTANCE) == key[1]
+        ]
+        for child in gone:
+            self._desired.pop(child, None)
+            self._versions.pop(child, None)
+        self._outcome.pop(key, None)
+        await self.reconcile(key)
+
+    async def integration_changed(
+        self, record: ObjectRecord, old_spec: Mapping[str, Any] | None = None
+    ) -> None:
+        """Its application, and every application sharing its id (old and new), are affected."""
+        records = [record]
+        if old_spec is not None:
+            records.append(
+                ObjectRecord(
+                    record.namespace, record.name, record.uid, None, record.created, old_spec
+                )
+            )
+        keys: set[AppKey] = set()
+        for r in records:
+            keys.add(r.app_key)
+            keys |= self.world.claimant_apps(integration_id_of(r))
+        await self._gather(self.reconcile(key) for key in sorted(keys))
+
+    def drifted(self, event_type: str | None, body: Mapping[str, Any]) -> AppKey | None:
+        """The application to reconcile for a child's event: deleted, or no longer as applied.
+
+        The initial listing (no event type) is left to the resume handlers.
+        """
+        meta = body.get("metadata") or {}
+        key: AppKey = (
+            str(meta.get("namespace")),
+            str((meta.get("labels") or {}).get(LABEL_INSTANCE)),
+        )
+        app = self.world.application(key)
+        if event_type is None or app is None or app.deleting:
+            return None
+        if event_type != "DELETED":
+            desired = self._desired.get(_child_key(body))
+            if desired is not None and covers(body, desired):
+                return None
+        return key
+
+    async def child_changed(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A child was deleted or changed away from what was applied: reconcile its app."""
+        key = self.drifted(event_type, body)
+        if key is not None:
+            log.info(
+                "%s %s/%s: %s and not as applied; reconciling",
+                body.get("kind"),
+                key[0],
+                (body.get("metadata") or {}).get("name"),
+                event_type,
+            )
+            await self.reconcile(key)
+
+    # ------------------------------------------------------------------- one pass
+
+    async def reconcile(self, key: AppKey, *, resync: bool = False) -> None:
+        """Serialised and coalesced per application; kube errors become kopf retries."""
+        ticket = self._requested[key] = self._requested.get(key, 0) + 1
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if self._served.get(key, 0) >= ticket and not resync:
+                return
+            started = self._requested[key]
+            try:
+                await self._reconcile(key, resync=resync)
+            except NamespaceTerminating:
+                log.debug("%s/%s: the namespace is being deleted; nothing to do", *key)
+            except KubeError as exc:
+                delay = FORBIDDEN_RETRY_DELAY if exc.status == 403 else RETRY_DELAY
+                raise kopf.TemporaryError(f"{key[0]}/{key[1]}: {exc}", delay=delay) from exc
+            self._served[key] = started
+
+    async def _reconcile(self, key: AppKey, *, resync: bool) -> None:
+        namespace, name = key
+        app = self.world.application(key)
+        members = self.world.integrations(key)
+        if app is None or app.deleting:
+            self._outcome.pop(key, None)
+            await self._write_integrations(plan_missing_application(members, namespace, name))
+            return
+
+        facts = await self._facts(app, members)
+        plan = plan_application(
+            app,
+            members,
+            claims=self.world.integrations_by_id,
+            facts=facts,
+            runtime=self.options.runtime,
+        )
+        if plan.deployed is not None:
+            try:
+                await self._apply(plan.deployed, resync=resync)
+            except InvalidObject as exc:
+                plan = invalid_application(app, members, exc.message)
+        self._outcome[key] = plan.condition
+        await self._write_statuses(plan)
+
+    # ------------------------------------------------------------------- facts
+
+    async def _facts(self, app: ObjectRecord, members: Iterable[ObjectRecord]) -> Facts:
+        specs: dict[str, IntegrationSpec] = {}
+        for record in members:
+            parsed = parse_integration(record)
+            if isinstance(parsed, IntegrationSpec):
+                specs[record.uid] = parsed
+        names = sorted(secret_names(specs.values()))
+        keys = await self._gather(self.api.secret_keys(app.namespace, n) for n in names)
+        failures = {
+            uid: failure
+            for uid, failure in zip(
+                specs,
+                await self._gather(self._rewrite_failure(s) for s in specs.values()),
+                strict=True,
+            )
+            if failure is not None
+        }
+        current: ApplicationConfig | None = None
+        if failures:
+            text = await self.api.read_config_json(app.namespace, config_map_name(app.name))
+            if text is not None:
+                try:
+                    current = ApplicationConfig.from_json(text)
+                except ValidationError:
+                    current = None
+        return Facts(
+            secret_keys=dict(zip(names, keys, strict=True)),
+            rewrite_failures=failures,
+            current_config=current,
+        )
+
+    async def _rewrite_failure(self, spec: IntegrationSpec) -> str | None:
+        digest = _rewrite_digest(spec)
+        if digest is None:
+            return None
+        if digest in self._rewrite_results:
+            self._rewrite_results.move_to_end(digest)
+            return self._rewrite_results[digest]
+        async with self._rewrite_slots:
+            result = await asyncio.to_thread(_run_rewrite_tests, spec)
+        self._rewrite_results[digest] = result
+        while len(self._rewrite_results) > REWRITE_CACHE_SIZE:
+            self._rewrite_results.popitem(last=False)
+        return result
+
+    # ------------------------------------------------------------------- children
+
+    async def _apply(self, deployed: DeployedApplication, *, resync: bool) -> None:
+        namespace = deployed.namespace
+        if self.options.manage_runtime_rbac and (resync or namespace not in self._rbac_ready):
+            for manifest in runtime_rbac_objects(namespace):  # ServiceAccount before its binding
+                await self.api.apply(manifest)
+            self._rbac_ready.add(namespace)
+        await self._gather(self._apply_child(deployed, c) for c in build_children(deployed))
+        for api_version, kind, name in absent_children(deployed):
+            self._desired.pop((api_version, kind, namespace, name), None)
+            self._versions.pop((api_version, kind, namespace, name), None)
+            if await self.api.delete_managed(api_version, kind, namespace, name, deployed.uid):
+                self._event(deployed, False, "Deleted", f"Deleted {kind} {name}: webhook disabled")
+
+    async def _apply_child(self, deployed: DeployedApplication, manifest: Manifest) -> None:
+        key = _child_key(manifest)
+        before = self._versions.get(key)
+        self._desired[key] = manifest
+        applied = await self.api.apply(manifest)
+        self._versions[key] = applied.version
+        kind, name = key[1], key[3]
+        if applied.created:
+            self._event(deployed, False, "Created", f"Created {kind} {name}")
+        elif before is not None and before != applied.version:
+            self._event(deployed, False, "Updated", f"Updated {kind} {name}")
+
+    def _event(
+        self, deployed: DeployedApplication, warning: bool, reason: str, message: str
+    ) -> None:
+        ref = kube.reference(
+            API_GROUP_VERSION, KIND_APPLICATION, deployed.namespace, deployed.name, deployed.uid
+        )
+        kube.post_event(ref, warning=warning, reason=reason, message=message)
+
+    # ------------------------------------------------------------------- status
+
+    async def _write_statuses(self, plan: ApplicationPlan) -> None:
+        now = now_rfc3339()
+        record = plan.record
+        status = application_status(plan, now)
+        if status_patch_needed(record.status, status):
+            await self.api.patch_status(
+                API_GROUP_VERSION, KIND_APPLICATION, record.namespace, record.name, status
+            )
+            self._transition_event(KIND_APPLICATION, record, plan.condition)
+        await self._write_integrations(plan.integrations, now)
+
+    async def _write_integrations(
+        self, plans: Iterable[IntegrationPlan], now: str | None = None
+    ) -> None:
+        moment = now or now_rfc3339()
+
+        async def write(plan: IntegrationPlan) -> None:
+            status = integration_status(plan, moment)
+            if not status_patch_needed(plan.record.status, status):
+                return
+            record = plan.record
+            async with self._status_slots:
+                await self.api.patch_status(
+                    API_GROUP_VERSION, KIND_INTEGRATION, record.namespace, record.name, status
+                )
+            self._transition_event(KIND_INTEGRATION, record, plan.condition)
+
+        await self._gather(write(p) for p in plans)
+
+    def _transition_event(self, kind: str, record: ObjectRecord, condition: Condition) -> None:
+        """An Event when the Ready condition's status or reason changes."""
+        old = find_condition(record.status.get("conditions"), CONDITION_READY)
+        if (
+            old
+            and old.get("status") == condition.status_text
+            and old.get("reason") == condition.reason
+        ):
+            return
+        ref = kube.reference(API_GROUP_VERSION, kind, record.namespace, record.name, record.uid)
+        warning = not condition.status and condition.reason not in QUIET_REASONS
+        kube.post_event(ref, warning=warning, reason=condition.reason, message=condition.message)
+
+    @staticmethod
+    async def _gather(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+        return list(await asyncio.gather(*awaitables))
