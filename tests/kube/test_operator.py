@@ -23,7 +23,6 @@ from kopf.testing import KopfRunner
 from kubernetes.config import kube_config
 
 from tests.support.kube_cluster import KubeTestCluster
-from tests.support.kube_fixtures import kube_cluster, kube_namespace  # noqa: F401
 
 pytestmark = pytest.mark.kube
 
@@ -131,7 +130,7 @@ def unique_id() -> str:
 
 
 @pytest.fixture(scope="module")
-def operator_rbac(kube_cluster: KubeTestCluster) -> Iterator[dict[str, str]]:  # noqa: F811
+def operator_rbac(kube_cluster: KubeTestCluster) -> Iterator[dict[str, str]]:
     """CRDs applied; the chart's operator ServiceAccount, ClusterRole(Binding) and peering."""
     kube_cluster.kubectl(
         "apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds")
@@ -216,7 +215,7 @@ def operator(
 
 
 @pytest.fixture
-def world(operator: KopfRunner, kube_cluster: KubeTestCluster, kube_namespace: str) -> Cluster:  # noqa: F811
+def world(operator: KopfRunner, kube_cluster: KubeTestCluster, kube_namespace: str) -> Cluster:
     return Cluster(kube_cluster, kube_namespace)
 
 
@@ -331,7 +330,7 @@ def test_an_integration_created_before_its_application_recovers_when_it_appears(
 
 def test_the_newer_of_two_integrations_with_the_same_id_is_refused(
     world: Cluster,
-    kube_cluster: KubeTestCluster,  # noqa: F811
+    kube_cluster: KubeTestCluster,
 ) -> None:
     shared = unique_id()
     world.apply(application(), integration("first", integrationId=shared))
