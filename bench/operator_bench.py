@@ -16,12 +16,15 @@ the applications and integrations in one go, and measures:
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,10 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from retrieve_cli.redis_process import PrivateRedis  # noqa: E402
+from retrieve_core.models import derive_integration_id  # noqa: E402
 from tests.support.kube_cluster import KubeTestCluster  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 GROUP_VERSION = "retrievetl.com/v1alpha1"
 
@@ -113,6 +119,63 @@ def manifests(
     return documents
 
 
+def post_status(port: int, path: str, source: str) -> int:
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=5, source_address=(source, 0)
+    )
+    try:
+        connection.request("POST", path, body=b"{}", headers={"Content-Type": "application/json"})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def measure_propagation(cluster: KubeTestCluster, rounds: int) -> list[float]:
+    """Seconds from `kubectl apply` of a whitelist change to a running receiver enforcing it.
+
+    A real `retrieve receiver --from-cluster` serves app0 (bench-0) and reads the ConfigMap the
+    operator writes; each round toggles 127.0.0.2 in and out of the app's allowedList.
+    """
+    integration = derive_integration_id("bench-0", "app0-int0")
+    path = f"/integration/{integration}"
+    port, admin = free_port(), free_port()
+    timings: list[float] = []
+    with PrivateRedis() as redis:
+        receiver = subprocess.Popen(
+            [sys.executable, "-m", "retrieve_cli.main", "--log-level", "WARNING", "receiver",
+             "--from-cluster", "--namespace", "bench-0", "--app", "app0", "--redis-url",
+             redis.url, "--host", "127.0.0.1", "--port", str(port), "--admin-port", str(admin)],
+            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+        )  # fmt: skip
+        try:
+            wait_for(lambda: _ready(admin), "receiver ready", 60)
+            for round_ in range(rounds * 2):
+                admit = round_ % 2 == 0
+                extra = "127.0.0.2" if admit else "192.0.2.1"
+                document = manifests(1, 0, 1, extra=extra)[0]
+                started = time.monotonic()
+                apply(cluster, [document])
+
+                def enforced(admit: bool = admit) -> bool:
+                    status = post_status(port, path, "127.0.0.2")
+                    return status != 403 if admit else status == 403
+
+                wait_for(enforced, "whitelist change enforced", 60)
+                timings.append(time.monotonic() - started)
+        finally:
+            receiver.terminate()
+            receiver.wait(30)
+    return timings
+
+
+def _ready(admin_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
 def apply(cluster: KubeTestCluster, documents: list[dict[str, Any]]) -> None:
     chunk = 200
     for start in range(0, len(documents), chunk):
@@ -126,6 +189,7 @@ def main() -> None:
     parser.add_argument("--integrations", type=int, default=10)
     parser.add_argument("--namespaces", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--propagation-rounds", type=int, default=5)
     args = parser.parse_args()
     total = args.apps * args.integrations
 
@@ -203,6 +267,7 @@ def main() -> None:
                     return out.strip() == "1"
 
                 drift = wait_for(repaired, "drift repaired", 120)
+                propagation = measure_propagation(cluster, args.propagation_rounds)
                 memory = proc_status(operator.pid)
                 control_plane = cluster.rss_bytes()
             finally:
@@ -221,6 +286,10 @@ def main() -> None:
     print(f"operator CPU during creation:           {cpu_create:6.1f} s")
     print(f"until every application update seen:   {to_update:6.1f} s")
     print(f"drift repair (scaled receiver):         {drift:6.1f} s")
+    print(
+        f"whitelist change -> receiver enforcing:  median {statistics.median(propagation):.2f} s, "
+        f"max {max(propagation):.2f} s over {len(propagation)} changes"
+    )
     rss, peak = memory["VmRSS"] / mib, memory["VmHWM"] / mib
     print(f"operator RSS now / peak:                {rss:6.1f} / {peak:.1f} MiB")
     for name, used in sorted(control_plane.items()):
