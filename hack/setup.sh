@@ -9,6 +9,9 @@ need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v openssl >/dev/null || need+=(openssl)
 command -v git >/dev/null || need+=(git)
+# The web console's end-to-end test drives Debian's headless Chromium through chromedriver.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if ((${#need[@]})); then
   if [[ $(id -u) -eq 0 ]]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
     echo "setup: please install: ${need[*]} (no root and no sudo here)" >&2; exit 1

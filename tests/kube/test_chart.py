@@ -50,10 +50,25 @@ SERVICE_MONITOR_STUB = {
     },
 }
 
+
+def _stub_crd(kind: str, plural: str) -> dict[str, Any]:
+    """A monitoring.coreos.com CRD that accepts anything (the real one checks the schema)."""
+    crd: dict[str, Any] = json.loads(json.dumps(SERVICE_MONITOR_STUB))
+    crd["metadata"]["name"] = f"{plural}.monitoring.coreos.com"
+    crd["spec"]["names"] = {"kind": kind, "plural": plural}
+    return crd
+
+
+PROMETHEUS_RULE_STUB = _stub_crd("PrometheusRule", "prometheusrules")
+
 NON_DEFAULT_VALUES: dict[str, Any] = {
     "redis": {"enabled": False, "external": {"url": "rediss://redis.example:6380/2"}},
     "networkPolicy": {"enabled": True},
     "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+    "metrics": {
+        "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+        "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Retrieve"}},
+    },
     "operator": {
         "watchNamespaces": ["__NS__"],
         "manageRuntimeRbac": False,
@@ -71,12 +86,14 @@ def cluster_with_crds(kube_cluster: KubeTestCluster) -> KubeTestCluster:
         "apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds")
     )
     kube_cluster.kubectl("apply", "-f", "-", input=json.dumps(SERVICE_MONITOR_STUB))
+    kube_cluster.kubectl("apply", "-f", "-", input=json.dumps(PROMETHEUS_RULE_STUB))
     for name in (
         "retrieveapplications.retrievetl.com",
         "integrations.retrievetl.com",
         "clusterkopfpeerings.kopf.dev",
         "kopfpeerings.kopf.dev",
         "servicemonitors.monitoring.coreos.com",
+        "prometheusrules.monitoring.coreos.com",
     ):
         kube_cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
     return kube_cluster
@@ -212,6 +229,36 @@ def test_non_default_values_render_and_pass_server_side_dry_run(
         "app.kubernetes.io/managed-by": "retrieve-operator",
         "app.kubernetes.io/component": "receiver",
     }
+    (rule,) = _by_kind(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {
+        "RetrieveRejectedRequestsSpike",
+        "RetrieveQueueGrowing",
+        "RetrieveProcessingDelayHigh",
+        "RetrieveDeadLetters",
+    } <= alerts
+    dashboards = [
+        c
+        for c in _by_kind(docs, "ConfigMap")
+        if c["metadata"]["name"].endswith("grafana-dashboard")
+    ]
+    assert len(dashboards) == 1
+    assert dashboards[0]["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboards[0]["metadata"]["annotations"] == {"grafana_folder": "Retrieve"}
+    dashboard = json.loads(dashboards[0]["data"]["retrieve-webhooks.json"])
+    assert dashboard["uid"] == "retrieve-webhooks"
+    queries = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for metric in (
+        "retrieve_receiver_requests_total",
+        "retrieve_receiver_request_seconds_bucket",
+        "retrieve_worker_queue_depth",
+        "retrieve_worker_processing_delay_seconds",
+        "retrieve_worker_dead_letters_total",
+        "retrieve_worker_destination_latency_seconds_bucket",
+        "retrieve_operator_status_poll_duration_seconds_bucket",
+    ):
+        assert metric in queries, metric
     peering = _by_kind(docs, "KopfPeering")
     assert [(p["metadata"]["namespace"], p["metadata"]["name"]) for p in peering] == [
         (kube_namespace, "retrieve-operator")
@@ -224,6 +271,8 @@ def test_non_default_values_render_and_pass_server_side_dry_run(
     assert env["RETRIEVE_REDIS_URL"] == "rediss://redis.example:6380/2"
     assert env["RETRIEVE_RUNTIME_IMAGE"] == "registry.example/retrieve-runtime:1.2.3"
     assert env["RETRIEVE_MANAGE_RUNTIME_RBAC"] == "false"
+    assert env["RETRIEVE_STATUS_INTERVAL_SECONDS"] == "15"
+    assert {"name": "metrics", "containerPort": 8082, "protocol": "TCP"} in container["ports"]
 
     assert _by_kind(docs, "ClusterRole")[0]["rules"] == rbac.operator_rules()
     roles = {r["metadata"]["name"]: r for r in _by_kind(docs, "Role")}

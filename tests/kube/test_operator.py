@@ -229,7 +229,15 @@ def test_an_application_gets_every_child_owned_labelled_and_as_specified(world: 
         integration("orders", integrationId=orders_id),
         integration("refunds"),
     )
-    app_ready = world.wait_ready("retrieveapplication", "yourapp", "Reconciled")
+    # The application may turn Ready before the second Integration is indexed: wait for both.
+    def both_counted() -> dict[str, Any] | None:
+        condition = world.ready("retrieveapplication", "yourapp")
+        if condition and condition["reason"] == "Reconciled":
+            counted = condition["_object"].get("status", {}).get("integrations")
+            return condition if counted == 2 else None
+        return None
+
+    app_ready = eventually(both_counted, "yourapp Ready with 2 integrations")
     app = app_ready["_object"]
     assert app_ready["status"] == "True"
     assert app_ready["observedGeneration"] == app["metadata"]["generation"]

@@ -264,15 +264,17 @@ def test_image_pull_policy_is_set_only_when_configured() -> None:
     assert container["imagePullPolicy"] == "Always"
 
 
-def test_receiver_service_selects_receiver_pods_on_port_http() -> None:
+def test_receiver_service_selects_receiver_pods_on_ports_http_and_admin() -> None:
     service = builders.build_receiver_service(_app())
     assert service["spec"]["selector"] == {
         "app.kubernetes.io/name": "retrieve",
         "app.kubernetes.io/instance": "yourapp",
         "app.kubernetes.io/component": "receiver",
     }
+    # `admin` is the port the chart's ServiceMonitor scrapes /metrics on.
     assert service["spec"]["ports"] == [
-        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+        {"name": "admin", "port": 8081, "targetPort": "admin", "protocol": "TCP"},
     ]
 
 
@@ -360,3 +362,14 @@ def test_importing_the_operator_does_not_shadow_the_standard_library_operator_mo
         [sys.executable, "-c", code], check=False, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_receiver_reads_the_console_token_from_an_optional_secret_and_drains_on_stop() -> None:
+    container = _container(builders.build_receiver_deployment(_app()))
+    token = _env(container)["RETRIEVE_CONSOLE_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {
+        "name": "yourapp-console",
+        "key": "token",
+        "optional": True,
+    }
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]

@@ -6,6 +6,7 @@ With no --redis-url a private `redis-server` is started on a free port and remov
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -40,6 +41,12 @@ def banner(apps: tuple[ApplicationConfig, ...], args: argparse.Namespace, redis_
             url = f"{base}/integration/{integration.id}"
             lines.append(f"    {integration.name}: {url}  (XML: {url}/xml){state}")
     lines.append(f"  logs:   retrieve logs --config-dir {args.config_dir}")
+    if os.environ.get("RETRIEVE_CONSOLE_TOKEN", "").strip():
+        # The token itself is not printed: whoever started dev mode has it in their environment.
+        console = f"http://{args.host}:{args.admin_port}/console/?token=$RETRIEVE_CONSOLE_TOKEN"
+        lines.append(f"  console: {console}")
+    else:
+        lines.append("  console: set RETRIEVE_CONSOLE_TOKEN to enable the web console")
     lines.append("  Ctrl-C stops.")
     return "\n".join(lines)
 
@@ -47,6 +54,8 @@ def banner(apps: tuple[ApplicationConfig, ...], args: argparse.Namespace, redis_
 async def _dev(args: argparse.Namespace, redis_url: str) -> None:
     from retrieve_receiver.server import run_receiver
     from retrieve_worker.worker import Worker
+
+    from .poll import dev_scheduler
 
     provider = ConfigProvider()
     watch = folder_source(args.config_dir, provider)
@@ -63,6 +72,7 @@ async def _dev(args: argparse.Namespace, redis_url: str) -> None:
             None,
         ),
         (worker.run(), worker.stop),
+        (dev_scheduler(provider, redis_url), None),  # spec.schedule polls on their cron
     ]
     await run_until_signal(services)
 

@@ -106,6 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_redis(replay, required=False)
     replay.set_defaults(handler=_lazy("retrieve_cli.inspect", "run_replay"))
 
+    poll = sub.add_parser("poll", help="poll a scheduled integration's source once (spec.schedule)")
+    poll.add_argument("integration", help="integration id or Integration name")
+    poll_source = poll.add_mutually_exclusive_group(required=False)
+    poll_source.add_argument("--config-dir", type=Path, help="folder of manifests (no cluster)")
+    poll_source.add_argument(
+        "--from-cluster", action="store_true", help="read <app>-config and Secrets from the cluster"
+    )
+    poll.add_argument("--namespace", "-n", default=os.environ.get("RETRIEVE_NAMESPACE"))
+    poll.add_argument("--app", default=os.environ.get("RETRIEVE_APPLICATION"))
+    _add_redis(poll, required=False)
+    poll.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
+    poll.set_defaults(handler=_lazy("retrieve_cli.poll", "run_poll"))
+
+    test_rewrite = sub.add_parser(
+        "test-rewrite", help="run an Integration manifest's rewrite.tests examples (exit 1: fail)"
+    )
+    test_rewrite.add_argument("file", help="Integration manifest (YAML, several documents allowed)")
+    test_rewrite.set_defaults(handler=_lazy("retrieve_cli.test_rewrite", "run_test_rewrite"))
+
     op = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
     scope = op.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", default=[], dest="namespaces")

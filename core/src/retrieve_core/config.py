@@ -62,6 +62,9 @@ class ApplicationConfig(BaseModel):
         for integration in self.integrations:
             if integration.spec.verify:
                 refs.update((r.name, r.key) for r in integration.spec.verify.secret_refs)
+            if integration.spec.schedule:  # headers of the polled source (e.g. Authorization)
+                for header in integration.spec.schedule.source.http.headers_from:
+                    refs.add((header.secret_key_ref.name, header.secret_key_ref.key))
         return refs
 
 

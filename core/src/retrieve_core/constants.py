@@ -36,6 +36,10 @@ REASON_SECRET_NOT_FOUND: Final = "SecretNotFound"
 REASON_REWRITE_TEST_FAILED: Final = "RewriteTestFailed"
 REASON_INVALID_SPEC: Final = "InvalidSpec"
 REASON_INTEGRATION_DISABLED: Final = "IntegrationDisabled"
+# spec.schedule: True while the last `retrieve poll` run failed.
+CONDITION_POLL_FAILING: Final = "PollFailing"
+REASON_POLL_FAILED: Final = "PollFailed"
+REASON_POLL_SUCCEEDED: Final = "PollSucceeded"
 
 # The receiver's answers (DESIGN.md, "Receiver HTTP contract"). Acceptance tests match them.
 MSG_NOT_AUTHORIZED: Final = "This domain/IP ({sender}) isn't authorized on Retrieve"

@@ -51,6 +51,12 @@ class AppKeys:
         return self._key("dead")
 
     @property
+    def dead_counts(self) -> str:
+        """Hash of integration id -> entries of `dead_letters` (kept by the worker's outcome
+        script and by replay, so the operator reads per-integration counts without a scan)."""
+        return self._key("dead", "count")
+
+    @property
     def delayed(self) -> str:
         """Sorted set of job ids waiting for a retry, scored by the time they are due."""
         return self._key("delayed")
@@ -80,6 +86,11 @@ class AppKeys:
     def last_received(self) -> str:
         """Hash of integration id -> unix time of the last accepted request."""
         return self._key("last-received")
+
+    def poll_state(self, integration_id: str) -> str:
+        """Hash of one integration's scheduled polls: the `since` window start and the last
+        run's outcome (written by `retrieve poll`, read by the operator into status)."""
+        return self._key("poll", integration_id)
 
     def rate_limit(self, scope: str) -> str:
         """Hash (tokens, ts) of one token bucket: scope `app` or `int:<integration id>`."""

@@ -14,6 +14,8 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+import jmespath
+import jmespath.exceptions
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -23,6 +25,7 @@ from .constants import (
     DEFAULT_LOG_PAYLOAD_BYTES,
     DEFAULT_MAX_BODY_BYTES,
 )
+from .cron import check_cron
 
 DOMAIN_PATTERN = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
 INTEGRATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -236,6 +239,74 @@ class RetrySpec(SpecModel):
     max_backoff_seconds: float = Field(default=300, ge=0, le=86_400)
 
 
+def _check_jmespath(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            jmespath.compile(value)
+        except jmespath.exceptions.JMESPathError as exc:
+            raise ValueError(f"{value!r} is not a JMESPath expression: {exc}") from None
+    return value
+
+
+class HeaderFromSecret(SpecModel):
+    """A request header whose value is a Secret's key (e.g. Authorization), never inlined."""
+
+    name: str = Field(pattern=HEADER_NAME_PATTERN)
+    secret_key_ref: SecretKeyRef
+    prefix: str = Field(default="", description='put before the value, e.g. "Bearer "')
+
+
+class PaginationSpec(SpecModel):
+    """nextLink (JMESPath to the next page's URL) or pageParam (from startPage to an empty page)."""
+
+    next_link: str | None = Field(default=None, min_length=1)
+    page_param: str | None = Field(default=None, min_length=1)
+    start_page: int = Field(default=1, ge=0)
+    max_pages: int = Field(default=100, ge=1, le=10_000)
+
+    _next_link = field_validator("next_link")(_check_jmespath)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PaginationSpec:
+        if (self.next_link is None) == (self.page_param is None):
+            raise ValueError("set either nextLink or pageParam")
+        return self
+
+
+class HttpSourceSpec(SpecModel):
+    url: str = Field(pattern=r"^https?://")
+    headers: dict[str, str] = Field(default_factory=dict)
+    headers_from: list[HeaderFromSecret] = Field(default_factory=list, max_length=16)
+    pagination: PaginationSpec | None = None
+    items: str = Field(default="@", min_length=1, description="JMESPath to the list of items")
+    id_field: str = Field(min_length=1, description="JMESPath to an item's id (the dedupe key)")
+    since_param: str | None = Field(
+        default=None, min_length=1, description="query parameter given the window start"
+    )
+    timeout_seconds: float = Field(default=30, gt=0, le=300)
+
+    _paths = field_validator("items", "id_field")(_check_jmespath)
+
+
+class ScheduleSourceSpec(SpecModel):
+    http: HttpSourceSpec
+
+
+class ScheduleSpec(SpecModel):
+    """Poll a source on a cron schedule; new items become jobs (dedupe.jsonField = idField)."""
+
+    # Run by a <name>-poll CronJob (`retrieve poll`). A webhook and a poll of the same item share
+    # the dedupe key when spec.dedupe (jsonField or header) gives the value idField selects.
+
+    cron: str = Field(min_length=1, max_length=100, description="5-field cron expression")
+    source: ScheduleSourceSpec
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return check_cron(value)
+
+
 class IntegrationSpec(SpecModel):
     application: str = Field(pattern=DNS_LABEL_PATTERN)
     integration_id: str | None = Field(default=None, pattern=INTEGRATION_ID_PATTERN)
@@ -247,6 +318,7 @@ class IntegrationSpec(SpecModel):
     destinations: list[Destination] = Field(default_factory=list)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     rate_limit: RateLimitSpec | None = None
+    schedule: ScheduleSpec | None = None
 
     @field_validator("destinations")
     @classmethod

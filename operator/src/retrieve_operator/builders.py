@@ -45,6 +45,8 @@ ENV_NAMESPACE: Final = "RETRIEVE_NAMESPACE"
 ENV_APPLICATION: Final = "RETRIEVE_APPLICATION"
 ENV_CONFIG_MAP: Final = "RETRIEVE_CONFIG_MAP"
 ENV_POD_NAME: Final = "POD_NAME"
+ENV_CONSOLE_TOKEN: Final = "RETRIEVE_CONSOLE_TOKEN"
+PRE_STOP_SECONDS: Final = 5
 
 
 # ------------------------------------------------------------------------------- names
@@ -183,6 +185,10 @@ def _redis_env(app: DeployedApplication) -> dict[str, Any]:
         }
     # DeployedApplication's validator guarantees one of the two.
     return {"name": ENV_REDIS_URL, "value": redis.url or app.runtime.redis_url}
+
+
+def console_secret_name(app_name: str) -> str:
+    return f"{app_name}-console"
 
 
 def _env(app: DeployedApplication) -> list[dict[str, Any]]:
@@ -344,6 +350,22 @@ def build_receiver_deployment(app: DeployedApplication) -> Manifest:
             {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
         ],
     )
+    # The admin console is off unless the optional Secret <app>-console holds a `token`.
+    container["env"].append(
+        {
+            "name": ENV_CONSOLE_TOKEN,
+            "valueFrom": {
+                "secretKeyRef": {
+                    "name": console_secret_name(app.name),
+                    "key": "token",
+                    "optional": True,
+                }
+            },
+        }
+    )
+    # On SIGTERM keep answering while the endpoint is removed from the Service and the Ingress
+    # controller's upstreams, so no webhook in flight meets a closed port.
+    container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SECONDS)]}}}
     # Never fewer ready receivers than asked for during a rollout: webhooks keep being answered.
     strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     return _deployment(
@@ -364,8 +386,10 @@ def build_receiver_service(app: DeployedApplication) -> Manifest:
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(app.name, "receiver"),
+            # `admin` (never behind the Ingress) is what the chart's ServiceMonitor scrapes.
             "ports": [
-                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "admin", "port": ADMIN_PORT, "targetPort": "admin", "protocol": "TCP"},
             ],
         },
     }

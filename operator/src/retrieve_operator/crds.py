@@ -112,6 +112,10 @@ FIELD_DOCS: Final[Mapping[str, Mapping[str, str]]] = {
         "fieldMapping": "Output field -> JMESPath expression, applied to each record.",
         "destinations": "Where processed records are sent.",
         "retry": "Exponential backoff of failed jobs before they are dead-lettered.",
+        "schedule.source.http": "An HTTP GET of a JSON API, page by page.",
+        "schedule.source.http.headers": "Literal request headers (no secrets here).",
+        "schedule.source.http.headersFrom": "Request headers whose values come from Secrets "
+        "(e.g. Authorization).",
     },
 }
 
@@ -413,11 +417,27 @@ def integration_status_schema() -> Schema:
             "receivedLastHour": _counter("Requests accepted in the last hour."),
             "rejectedLastHour": _counter("Requests refused in the last hour."),
             "failedLastHour": _counter("Jobs that failed in the last hour."),
-            "queueDepth": _counter("Jobs waiting in the queue."),
+            "queueDepth": _counter(
+                "Jobs waiting in the application's queue (one queue per application: every "
+                "Integration of it shows the same depth)."
+            ),
             "deadLetters": _counter("Dead-lettered jobs kept for replay."),
             "replayHandled": {
                 "description": "The last value of the retrievetl.com/replay-dead-letters "
                 "annotation that was acted on.",
+                "type": "string",
+            },
+            # spec.schedule: the last `retrieve poll` run (read from Redis periodically).
+            "lastPollAt": {
+                "description": "When the last scheduled poll started (RFC 3339).",
+                "type": "string",
+                "format": "date-time",
+                "nullable": True,
+            },
+            "polledItems": _counter("Items the last poll saw at the source."),
+            "polledNew": _counter("Items the last poll enqueued (missed by the webhook)."),
+            "lastPollError": {
+                "description": "Why the last poll failed; empty when it succeeded.",
                 "type": "string",
             },
         },

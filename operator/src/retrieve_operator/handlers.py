@@ -8,7 +8,9 @@ Handlers:
 - RetrieveApplication: create/update/resume reconcile; a timer resyncs; deletion (event) tells
   its Integrations their application is gone.
 - Integration: create/update/resume/deletion reconcile its application and every application
-  with an Integration of the same id (the cluster-wide duplicate rule).
+  with an Integration of the same id (the cluster-wide duplicate rule); a new value of the
+  replay-dead-letters annotation requeues its dead letters once (statuspoll.py).
+- RetrieveApplication status timer: its Integrations' live counters from Redis (statuspoll.py).
 - Deployments, Services, ConfigMaps, Ingresses labelled as ours: a change that undoes what was
   applied, or a deletion, reconciles the owning application at once.
 """
@@ -32,14 +34,23 @@ from retrieve_core.constants import (
 
 from . import plan
 from .kube import KubeApi
+from .metrics import OperatorMetrics
 from .plan import AppKey, ObjectRecord
 from .reconcile import Reconciler, World
-from .settings import OperatorOptions, configure, resync_seconds
+from .settings import (
+    OperatorOptions,
+    configure,
+    operator_metrics_port,
+    resync_seconds,
+    status_interval_seconds,
+)
+from .statuspoll import StatusPoller, replay_pending
 
 APPLICATION = (API_GROUP, API_VERSION, PLURAL_APPLICATION)
 INTEGRATION = (API_GROUP, API_VERSION, PLURAL_INTEGRATION)
 CHILD_LABELS = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_NAME: PRODUCT_NAME}
 RESYNC_SECONDS = resync_seconds()
+STATUS_INTERVAL_SECONDS = status_interval_seconds()
 # kopf passes each index to handlers as a keyword argument named by the index's id.
 APPLICATIONS_INDEX = "retrieve_applications"
 BY_APPLICATION_INDEX = "integrations_by_app"
@@ -50,6 +61,12 @@ def _reconciler(memo: Any) -> Reconciler:
     reconciler = memo["reconciler"]
     assert isinstance(reconciler, Reconciler)
     return reconciler
+
+
+def _status_poller(memo: Any) -> StatusPoller:
+    poller = memo["status_poller"]
+    assert isinstance(poller, StatusPoller)
+    return poller
 
 
 def _key(namespace: str | None, name: str) -> AppKey:
@@ -69,12 +86,24 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **indexes: Any) -
         integrations_by_app=indexes[BY_APPLICATION_INDEX],
         integrations_by_id=indexes[BY_ID_INDEX],
     )
-    memo["reconciler"] = Reconciler(KubeApi.login(settings), OperatorOptions.from_env(), world)
+    metrics = OperatorMetrics()
+    metrics.serve(operator_metrics_port())
+    memo["reconciler"] = Reconciler(
+        KubeApi.login(settings), OperatorOptions.from_env(), world, metrics=metrics
+    )
+    memo["status_poller"] = StatusPoller(
+        KubeApi.login(settings),
+        world,
+        default_redis_url=OperatorOptions.from_env().runtime.redis_url,
+        metrics=metrics,
+        interval=STATUS_INTERVAL_SECONDS,
+    )
 
 
 @kopf.on.cleanup()
 async def stop(*, memo: Any, **_: Any) -> None:
     await _reconciler(memo).close()
+    await _status_poller(memo).close()
 
 
 # ----------------------------------------------------------------------------- indexes
@@ -110,6 +139,11 @@ async def application_resync(*, namespace: str | None, name: str, memo: Any, **_
     await _reconciler(memo).application_changed(_key(namespace, name), resync=True)
 
 
+@kopf.timer(*APPLICATION, id="status", interval=STATUS_INTERVAL_SECONDS)
+async def application_status_poll(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    await _status_poller(memo).poll(_key(namespace, name))
+
+
 def _deleted(*, type: str, **_: Any) -> bool:
     return type == "DELETED"
 
@@ -143,6 +177,23 @@ async def integration_deleted(*, body: kopf.Body, memo: Any, **_: Any) -> None:
     await _reconciler(memo).integration_changed(plan.record_from_body(body))
 
 
+def _replay_pending(*, body: kopf.Body, **_: Any) -> bool:
+    return replay_pending(body)
+
+
+# kopf leaves annotations under its storage prefix (our API group) out of change detection, so
+# a replay request is seen on the watch event; while it is pending (e.g. Redis down), a timer
+# retries it.
+@kopf.on.event(*INTEGRATION, id="replay", when=_replay_pending)
+async def integration_replay(*, body: kopf.Body, memo: Any, **_: Any) -> None:
+    await _status_poller(memo).replay_requested(body, retry_later=True)
+
+
+@kopf.timer(*INTEGRATION, id="replay-retry", interval=STATUS_INTERVAL_SECONDS, when=_replay_pending)
+async def integration_replay_retry(*, body: kopf.Body, memo: Any, **_: Any) -> None:
+    await _status_poller(memo).replay_requested(body)
+
+
 # ----------------------------------------------------------------------------- children
 
 
@@ -150,5 +201,6 @@ async def integration_deleted(*, body: kopf.Body, memo: Any, **_: Any) -> None:
 @kopf.on.event("v1", "services", labels=CHILD_LABELS, id="drift", when=_drifted)
 @kopf.on.event("v1", "configmaps", labels=CHILD_LABELS, id="drift", when=_drifted)
 @kopf.on.event("networking.k8s.io/v1", "ingresses", labels=CHILD_LABELS, id="drift", when=_drifted)
+@kopf.on.event("batch/v1", "cronjobs", labels=CHILD_LABELS, id="drift", when=_drifted)
 async def child_event(*, type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
     await _reconciler(memo).child_changed(type, body)

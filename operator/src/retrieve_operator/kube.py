@@ -10,6 +10,7 @@ resourceVersion, no watch event), and fields we stopped setting are removed.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from collections.abc import Mapping
@@ -43,6 +44,7 @@ PLURALS: Final[Mapping[tuple[str, str], str]] = {
     ("v1", "Secret"): "secrets",
     ("apps/v1", "Deployment"): "deployments",
     ("networking.k8s.io/v1", "Ingress"): "ingresses",
+    ("batch/v1", "CronJob"): "cronjobs",
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
     (API_GROUP_VERSION, KIND_APPLICATION): PLURAL_APPLICATION,
@@ -265,6 +267,29 @@ class KubeApi:
         return frozenset((body.get("data") or {}).keys()) | frozenset(
             (body.get("stringData") or {}).keys()
         )
+
+    async def list_names(
+        self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]
+    ) -> list[str]:
+        """Names of the objects of a kind in a namespace that carry all `labels`."""
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        _, body = await self._request(
+            "GET", object_path(api_version, kind, namespace), params={"labelSelector": selector}
+        )
+        items = (body or {}).get("items") or []
+        return sorted(str((item.get("metadata") or {}).get("name")) for item in items)
+
+    async def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        """One value of a Secret (e.g. an application's Redis URL), None when absent.
+        The caller uses it and never logs it."""
+        _, body = await self._request("GET", object_path("v1", "Secret", namespace, name))
+        if body is None:
+            return None
+        encoded = (body.get("data") or {}).get(key)
+        if encoded is not None:
+            return base64.b64decode(encoded).decode()
+        plain = (body.get("stringData") or {}).get(key)
+        return str(plain) if plain is not None else None
 
     async def read_config_json(self, namespace: str, name: str) -> str | None:
         """The `config.json` of a ConfigMap, None when there is none."""

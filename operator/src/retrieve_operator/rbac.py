@@ -130,6 +130,8 @@ def operator_rules() -> list[Rule]:
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": MANAGE},
         {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": MANAGE},
         {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": MANAGE},
+        # `<integration>-poll` CronJobs of Integrations with a spec.schedule.
+        {"apiGroups": ["batch"], "resources": ["cronjobs"], "verbs": MANAGE},
         # Secrets are only checked for existence (SecretNotFound) and never written.
         {"apiGroups": [""], "resources": ["secrets"], "verbs": READ},
         # kopf: events about handlers, resource discovery, namespace scanning, peering.

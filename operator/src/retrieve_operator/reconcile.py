@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from .builders import (
 )
 from .conditions import Condition, find_condition, now_rfc3339
 from .kube import InvalidObject, KubeApi, KubeError, NamespaceTerminating
+from .metrics import OperatorMetrics
 from .plan import (
     AppKey,
     ApplicationPlan,
@@ -64,6 +66,13 @@ from .plan import (
     status_patch_needed,
 )
 from .rbac import runtime_rbac_objects
+from .schedules import (
+    CRONJOB_API_VERSION,
+    CRONJOB_KIND,
+    build_poll_cronjobs,
+    poll_selector,
+    stale_poll_cronjobs,
+)
 from .settings import OperatorOptions
 
 log = logging.getLogger(__name__)
@@ -129,10 +138,18 @@ def _run_rewrite_tests(spec: IntegrationSpec) -> str | None:
 
 
 class Reconciler:
-    def __init__(self, api: KubeApi, options: OperatorOptions, world: World) -> None:
+    def __init__(
+        self,
+        api: KubeApi,
+        options: OperatorOptions,
+        world: World,
+        *,
+        metrics: OperatorMetrics | None = None,
+    ) -> None:
         self.api = api
         self.options = options
         self.world = world
+        self.metrics = metrics or OperatorMetrics()
         self._locks: dict[AppKey, asyncio.Lock] = {}
         self._requested: dict[AppKey, int] = {}
         self._served: dict[AppKey, int] = {}
@@ -232,13 +249,18 @@ class Reconciler:
             if self._served.get(key, 0) >= ticket and not resync:
                 return
             started = self._requested[key]
+            clock = time.monotonic()
             try:
                 await self._reconcile(key, resync=resync)
             except NamespaceTerminating:
                 log.debug("%s/%s: the namespace is being deleted; nothing to do", *key)
             except KubeError as exc:
+                self.metrics.reconciles.labels("error").inc()
                 delay = FORBIDDEN_RETRY_DELAY if exc.status == 403 else RETRY_DELAY
                 raise kopf.TemporaryError(f"{key[0]}/{key[1]}: {exc}", delay=delay) from exc
+            finally:
+                self.metrics.reconcile_seconds.observe(time.monotonic() - clock)
+            self.metrics.reconciles.labels("ok").inc()
             self._served[key] = started
 
     async def _reconcile(self, key: AppKey, *, resync: bool) -> None:
@@ -327,6 +349,20 @@ class Reconciler:
             self._versions.pop((api_version, kind, namespace, name), None)
             if await self.api.delete_managed(api_version, kind, namespace, name, deployed.uid):
                 self._event(deployed, False, "Deleted", f"Deleted {kind} {name}: webhook disabled")
+        await self._apply_schedules(deployed)
+
+    async def _apply_schedules(self, deployed: DeployedApplication) -> None:
+        """`<integration>-poll` CronJobs (schedules.py): applied, pruned once unwanted."""
+        await self._gather(self._apply_child(deployed, c) for c in build_poll_cronjobs(deployed))
+        namespace, selector = deployed.namespace, poll_selector(deployed.name)
+        existing = await self.api.list_names(CRONJOB_API_VERSION, CRONJOB_KIND, namespace, selector)
+        for name in stale_poll_cronjobs(deployed, existing):
+            self._desired.pop((CRONJOB_API_VERSION, CRONJOB_KIND, namespace, name), None)
+            self._versions.pop((CRONJOB_API_VERSION, CRONJOB_KIND, namespace, name), None)
+            if await self.api.delete_managed(
+                CRONJOB_API_VERSION, CRONJOB_KIND, namespace, name, deployed.uid
+            ):
+                self._event(deployed, False, "Deleted", f"Deleted CronJob {name}: no schedule")
 
     async def _apply_child(self, deployed: DeployedApplication, manifest: Manifest) -> None:
         key = _child_key(manifest)

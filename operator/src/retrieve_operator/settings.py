@@ -39,6 +39,10 @@ ENV_DEFAULT_REDIS_URL: Final = "RETRIEVE_REDIS_URL"
 ENV_MANAGE_RUNTIME_RBAC: Final = "RETRIEVE_MANAGE_RUNTIME_RBAC"
 ENV_RESYNC_SECONDS: Final = "RETRIEVE_RESYNC_SECONDS"
 ENV_PEERING_PRIORITY: Final = "RETRIEVE_PEERING_PRIORITY"
+ENV_STATUS_INTERVAL_SECONDS: Final = "RETRIEVE_STATUS_INTERVAL_SECONDS"
+ENV_OPERATOR_METRICS_PORT: Final = "RETRIEVE_OPERATOR_METRICS_PORT"
+DEFAULT_STATUS_INTERVAL_SECONDS: Final = 15.0
+DEFAULT_OPERATOR_METRICS_PORT: Final = 8082
 
 # The children the operator watches to repair drift: only its own (server-side selection).
 CHILD_SELECTOR: Final = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
@@ -95,6 +99,19 @@ def resync_seconds(env: Mapping[str, str] | None = None) -> float:
     return max(5.0, value)
 
 
+def status_interval_seconds(env: Mapping[str, str] | None = None) -> float:
+    """How often each application's live counters are read from Redis into status."""
+    source = os.environ if env is None else env
+    value = float(source.get(ENV_STATUS_INTERVAL_SECONDS) or DEFAULT_STATUS_INTERVAL_SECONDS)
+    return max(1.0, value)
+
+
+def operator_metrics_port(env: Mapping[str, str] | None = None) -> int:
+    """The port of the operator's Prometheus endpoint; 0 turns it off."""
+    source = os.environ if env is None else env
+    return int(source.get(ENV_OPERATOR_METRICS_PORT) or DEFAULT_OPERATOR_METRICS_PORT)
+
+
 def configure(settings: kopf.OperatorSettings, env: Mapping[str, str] | None = None) -> None:
     source = os.environ if env is None else env
 
@@ -115,7 +132,9 @@ def configure(settings: kopf.OperatorSettings, env: Mapping[str, str] | None = N
     settings.peering.stealth = True  # no log line per keep-alive
 
     settings.posting.enabled = True
-    settings.posting.level = logging.INFO
+    # kopf would post every INFO log line of a handler ("Timer 'status' succeeded.") as an Event:
+    # one per application every status interval. Our own Events are posted explicitly.
+    settings.posting.level = logging.WARNING
     settings.posting.reporting_component = MANAGED_BY
     settings.posting.reporting_instance = source.get("POD_NAME") or socket.gethostname()
     settings.posting.event_name_prefix = f"{MANAGED_BY}-"

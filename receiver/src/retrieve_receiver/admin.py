@@ -15,6 +15,7 @@ from retrieve_core.logstore import LogStore
 from retrieve_core.provider import ConfigProvider
 
 from .app import make_redis
+from .console import ConsoleSettings, setup_console
 from .errors import failure
 from .metrics import ReceiverMetrics
 from .settings import ReceiverSettings
@@ -113,8 +114,13 @@ def init_admin_app(
     provider: ConfigProvider,
     *,
     metrics: ReceiverMetrics | None = None,
+    console: ConsoleSettings | None = None,
 ) -> web.Application:
-    """The admin app. Pass the public app's `metrics` so `/metrics` shows its counters."""
+    """The admin app. Pass the public app's `metrics` so `/metrics` shows its counters.
+
+    The web console is mounted at `/console/` when `console` is given or, by default, when
+    `RETRIEVE_CONSOLE_TOKEN` is set; otherwise `/console/` answers 404.
+    """
     app = web.Application(middlewares=[admin_errors])
     app[ADMIN_SETTINGS_KEY] = settings
     app[ADMIN_PROVIDER_KEY] = provider
@@ -124,4 +130,10 @@ def init_admin_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/api/logs", api_logs)
+    setup_console(
+        app,
+        console if console is not None else ConsoleSettings.from_env(),
+        provider,
+        lambda: app[ADMIN_REDIS_KEY],
+    )
     return app

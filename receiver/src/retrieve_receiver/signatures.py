@@ -224,3 +224,36 @@ def is_woocommerce_ping(scheme: SignatureScheme, headers: Mapping[str, str], bod
         and not headers.get(scheme.header)
         and _WC_PING.fullmatch(body.strip()) is not None
     )
+
+
+def sign(
+    scheme: SignatureScheme, body: bytes, now: float, id_: str = "", key_index: int = 0
+) -> dict[str, str]:
+    """The headers a sender attaches so that `verify` accepts `body` (the inverse of `verify`).
+
+    Used by `kubectl retrieve send` to send test webhooks as the provider would. `id_` is the
+    delivery id for schemes that sign it (Standard Webhooks, or a generic `{id}` template).
+    """
+    if not scheme.keys:
+        raise ValueError("no secret to sign with")
+    timestamp = str(int(now))
+    content = signed_content(scheme.template, body, timestamp, id_)
+    mac = hmac.new(scheme.keys[key_index], content, scheme.digest).digest()
+    encoded = mac.hex() if scheme.encoding == "hex" else base64.b64encode(mac).decode()
+    headers: dict[str, str] = {}
+    if scheme.kind == "stripe":
+        headers[scheme.header] = f"t={timestamp},v1={encoded}"
+    elif scheme.kind == "standard-webhooks":
+        headers[scheme.header] = f"v1,{encoded}"
+        headers[scheme.timestamp_header or "webhook-timestamp"] = timestamp
+    else:
+        headers[scheme.header] = scheme.prefix + encoded
+        if scheme.timestamp_header:
+            headers[scheme.timestamp_header] = timestamp
+    if (
+        id_
+        and scheme.id_header
+        and (scheme.kind == "standard-webhooks" or "{id}" in scheme.template)
+    ):
+        headers[scheme.id_header] = id_
+    return headers

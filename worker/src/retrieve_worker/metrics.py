@@ -64,6 +64,24 @@ class WorkerMetrics:
             ["application"],
             registry=r,
         )
+        self.queue_depth = Gauge(
+            "retrieve_worker_queue_depth",
+            "Jobs in the application's stream (waiting or being processed).",
+            ["application"],
+            registry=r,
+        )
+        self.processing_delay = Gauge(
+            "retrieve_worker_processing_delay_seconds",
+            "Now minus the received-at time of the oldest job not yet processed (0: none).",
+            ["application"],
+            registry=r,
+        )
+        self.dead_letters_stored = Gauge(
+            "retrieve_worker_dead_letters_stored",
+            "Dead-lettered jobs kept for replay (length of the dead-letter stream).",
+            ["application"],
+            registry=r,
+        )
         self.commit_errors = Counter(
             "retrieve_worker_commit_errors_total",
             "Outcomes that could not be written to Redis (the job is redelivered later).",

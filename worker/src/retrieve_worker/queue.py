@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from retrieve_core.job import JOB_FIELD
-from retrieve_core.keys import CONSUMER_GROUP, AppKeys
+from retrieve_core.keys import CONSUMER_GROUP, COUNTER_TTL_SECONDS, AppKeys, counter_bucket
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,14 @@ class Finish(StrEnum):
 # The outcome of one delivery, in one atomic step: the log record is updated (only if it still
 # exists: a trimmed record must not come back half-empty), a retry is scheduled or a dead letter
 # added, and the entry is acked and deleted (so the stream length is the queue depth).
-# KEYS: jobs, log record, delayed, delayed payloads, dead letters (all of one hash tag).
+# A job that failed for good (failed on purpose, 4xx, or dead-lettered) counts in its
+# integration's per-minute `failed` counter, and a dead letter in the per-integration count of
+# dead letters (replay decrements it): the operator reads both into Integration status.
+# KEYS: jobs, log record, delayed, delayed payloads, dead letters, counters bucket, dead counts
+#       (all of one hash tag).
 # ARGV[1]: a JSON array [group, entry id, mode, job id, job json, due time, integration id,
-#          error, failed at, [log field name, value, ...]] (one argument: cheap to send).
+#          error, failed at, [log field name, value, ...], failed (0/1), counter TTL]
+#          (one argument: cheap to send).
 FINISH_SCRIPT = """
 local a = cjson.decode(ARGV[1])
 local fields = a[10]
@@ -65,6 +70,11 @@ if a[3] == 'retry' then
 elseif a[3] == 'dead' then
   redis.call('XADD', KEYS[5], '*', 'job', a[5], 'integration_id', a[7], 'error', a[8],
              'failed_at', a[9])
+  redis.call('HINCRBY', KEYS[7], a[7], 1)
+end
+if a[11] == 1 and a[7] ~= '' then
+  redis.call('HINCRBY', KEYS[6], 'failed', 1)
+  redis.call('EXPIRE', KEYS[6], a[12])
 end
 redis.call('XACK', KEYS[1], a[1], a[2])
 redis.call('XDEL', KEYS[1], a[2])
@@ -93,6 +103,8 @@ class Completion:
     due: float = 0.0
     integration_id: str = ""
     error: str = ""
+    failed: bool = False
+    """The job failed for good (counted in the integration's `failed` counter)."""
 
     def args(self, keys: AppKeys) -> tuple[Any, ...]:
         now = time.time()
@@ -107,15 +119,19 @@ class Completion:
             self.error[:2000],
             repr(now),
             encode_log_fields(self.log_fields) if self.log_fields else [],
+            1 if self.failed or self.mode is Finish.DEAD else 0,
+            COUNTER_TTL_SECONDS,
         ]
         return (
             FINISH_SHA,
-            5,
+            7,
             keys.jobs,
             keys.log_record(self.job_id or "-"),
             keys.delayed,
             keys.delayed_payloads,
             keys.dead_letters,
+            keys.counters(self.integration_id or "-", counter_bucket(now)),
+            keys.dead_counts,
             json.dumps(packed, separators=(",", ":")),
         )
 

@@ -3,7 +3,8 @@
 Each dead letter moves back to the jobs stream in one Lua script: it is deleted from the
 dead-letter stream, re-added to the jobs stream with its attempts reset and `replayed`
 incremented, and its webhook log record goes back to `queued`. Two replays running at once
-never requeue an entry twice (the XDEL decides who moves it).
+never requeue an entry twice (the XDEL decides who moves it), and the integration's count of
+dead letters (`AppKeys.dead_counts`) goes down with it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
 redis.call('XADD', KEYS[2], '*', ARGV[2], ARGV[3])
+if redis.call('HINCRBY', KEYS[4], ARGV[6], -1) <= 0 then
+  redis.call('HDEL', KEYS[4], ARGV[6])
+end
 if redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('HSET', KEYS[3], 'status', ARGV[4], 'error', '', 'updated_at', ARGV[5])
 end
@@ -83,13 +87,14 @@ async def replay_dead_letters(
         replayed = _replayed_job(job)
         moved += int(
             await script(
-                keys=[keys.dead_letters, keys.jobs, keys.log_record(job.id)],
+                keys=[keys.dead_letters, keys.jobs, keys.log_record(job.id), keys.dead_counts],
                 args=[
                     entry_id,
                     JOB_FIELD,
                     replayed.model_dump_json(),
                     LogStatus.QUEUED.value,
                     repr(time.time()),
+                    job.integration_id,
                 ],
             )
         )

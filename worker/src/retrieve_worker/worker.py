@@ -65,6 +65,8 @@ class WorkerSettings:
     delayed_poll_seconds: float = 0.5
     delayed_batch: int = 500
     log_trim_interval_seconds: float = 60.0
+    queue_sample_seconds: float = 5.0
+    """How often the queue depth and processing-delay gauges are sampled."""
     shutdown_timeout_seconds: float = 30.0
     commit_batch: int = 256
     http_connections: int = 256
@@ -103,6 +105,7 @@ class AppConsumer:
             asyncio.create_task(self._claim_loop(), name=f"claim {self.app_id}"),
             asyncio.create_task(self._move_loop(), name=f"move {self.app_id}"),
             asyncio.create_task(self._trim_loop(), name=f"trim {self.app_id}"),
+            asyncio.create_task(self._sample_loop(), name=f"sample {self.app_id}"),
         ]
 
     def stop(self) -> None:
@@ -334,6 +337,37 @@ class AppConsumer:
                     self._stopping.wait(), self.settings.log_trim_interval_seconds
                 )
 
+    async def _sample_loop(self) -> None:
+        await self.ready.wait()
+        while not self._stopping.is_set():
+            try:
+                await self.sample_queue()
+            except (RedisError, OSError) as exc:
+                log.debug("%s: sampling the queue failed: %s", self.app_id, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.queue_sample_seconds)
+
+    async def sample_queue(self, now: float | None = None) -> None:
+        """Queue depth, dead letters, and the processing delay: now minus the received-at
+        time of the oldest job still in the stream (acked entries are deleted), one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(self.keys.jobs)
+            pipe.xrange(self.keys.jobs, "-", "+", count=1)
+            pipe.xlen(self.keys.dead_letters)
+            depth, oldest, dead = await pipe.execute()
+        delay = 0.0
+        if oldest:
+            try:
+                received_at = _decode_job(oldest[0][1]).received_at
+            except ValueError:
+                received_at = None
+            if received_at is not None:
+                delay = max(0.0, (time.time() if now is None else now) - received_at)
+        metrics = self.worker.metrics
+        metrics.child(metrics.queue_depth, self.app_id).set(int(depth))
+        metrics.child(metrics.processing_delay, self.app_id).set(delay)
+        metrics.child(metrics.dead_letters_stored, self.app_id).set(int(dead))
+
     # ------------------------------------------------------------------ one job
 
     async def _handle(self, entry_id: str, fields: Any, deliveries: int | None) -> None:
@@ -431,6 +465,7 @@ class AppConsumer:
             due=due,
             integration_id=job.integration_id,
             error=outcome.error,
+            failed=status is LogStatus.FAILED,
         )
         await self.committer.commit(completion)
         self._observe(job, outcome, status)
