@@ -229,6 +229,7 @@ def test_an_application_gets_every_child_owned_labelled_and_as_specified(world: 
         integration("orders", integrationId=orders_id),
         integration("refunds"),
     )
+
     # The application may turn Ready before the second Integration is indexed: wait for both.
     def both_counted() -> dict[str, Any] | None:
         condition = world.ready("retrieveapplication", "yourapp")
