@@ -127,9 +127,15 @@ async def _dns_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _trim_logs_ctx(app: web.Application) -> AsyncIterator[None]:
     """Keep each application's log records within their count and age bounds."""
 
+    # A stop flag besides cancel(): redis-py can swallow a cancellation that lands mid-command.
+    stop = asyncio.Event()
+
     async def trim_forever() -> None:
-        while True:
-            await asyncio.sleep(LOG_TRIM_INTERVAL)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), LOG_TRIM_INTERVAL)
+            if stop.is_set():
+                return
             for route in app[ROUTES_KEY].current().apps:
                 try:
                     store = LogStore(app[REDIS_KEY], route.keys)
@@ -139,9 +145,10 @@ async def _trim_logs_ctx(app: web.Application) -> AsyncIterator[None]:
 
     task = asyncio.create_task(trim_forever(), name="retrieve-log-trim")
     yield
+    stop.set()
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        await asyncio.wait_for(task, 5)
 
 
 # ---------------------------------------------------------------- log records

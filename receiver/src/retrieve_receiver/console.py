@@ -372,21 +372,25 @@ async def sample_queue_depth(state: ConsoleState) -> None:
     )
 
 
-async def _sample_forever(state: ConsoleState) -> None:
-    while True:
+async def _sample_forever(state: ConsoleState, stop: asyncio.Event) -> None:
+    while not stop.is_set():
         try:
             await sample_queue_depth(state)
         except (RedisError, OSError) as exc:
             log.debug("queue depth not sampled: %s", exc)
-        await asyncio.sleep(state.settings.sample_seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), state.settings.sample_seconds)
 
 
 async def _sampler_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(_sample_forever(app[CONSOLE_KEY]))
+    # A stop flag besides cancel(): redis-py can swallow a cancellation that lands mid-command.
+    stop = asyncio.Event()
+    task = asyncio.create_task(_sample_forever(app[CONSOLE_KEY], stop))
     yield
+    stop.set()
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        await asyncio.wait_for(task, 5)
 
 
 def setup_console(
