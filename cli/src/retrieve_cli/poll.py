@@ -23,8 +23,7 @@ from retrieve_core.cron import CronSchedule, parse_cron
 from retrieve_core.provider import ConfigProvider, ConfigSnapshot
 from retrieve_worker.poll import Poller, PollError, find_integration
 
-from .selection import UsageError, resolve_redis_url
-from .selection import _running_dev as running_dev
+from .selection import UsageError, resolve_redis_url, running_dev
 from .serve import CommandError, choose_source, run_event_loop
 
 log = logging.getLogger("retrieve.poll")

@@ -39,7 +39,8 @@ def clear_dev_state() -> None:
         pass
 
 
-def _running_dev() -> dict[str, str] | None:
+def running_dev() -> dict[str, str] | None:
+    """The state of a `retrieve dev` still running on this machine (its Redis and folder)."""
     try:
         state = json.loads(dev_state_file().read_text())
         os.kill(int(state["pid"]), 0)
@@ -51,7 +52,7 @@ def _running_dev() -> dict[str, str] | None:
 def resolve_redis_url(args: argparse.Namespace) -> str:
     if getattr(args, "redis_url", None):
         return str(args.redis_url)
-    dev = _running_dev()
+    dev = running_dev()
     if dev:
         return dev["redis_url"]
     raise UsageError(
@@ -71,7 +72,7 @@ def resolve_targets(args: argparse.Namespace, integration: str | None) -> list[T
     """The applications (and integration id) meant by --config-dir / --namespace / --app."""
     config_dir: Path | None = args.config_dir
     if config_dir is None:
-        dev = _running_dev()
+        dev = running_dev()
         if dev and not args.app:
             config_dir = Path(dev["config_dir"])
     apps: tuple[ApplicationConfig, ...] = ()
