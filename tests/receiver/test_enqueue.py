@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+from unittest.mock import ANY
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
 
 from retrieve_core.config import SecretStore
+from retrieve_core.enqueue import Delivery, Enqueuer, Outcome
+from retrieve_core.job import JOB_FIELD
+from retrieve_core.keys import COUNTER_RECEIVED, AppKeys, counter_bucket
 from retrieve_core.logstore import LogRecord, LogStatus
 from retrieve_core.provider import ConfigProvider, ConfigSnapshot
-from retrieve_receiver.enqueue import Delivery, queued_record_fields
 from tests.receiver.conftest import ClientFactory, make_app, make_integration, make_provider
+from tests.support.redis_server import RedisServer
 
 
-@pytest.mark.unit
+@pytest.mark.redis
 @pytest.mark.parametrize(
-    ("body", "limit"), [(b'{"a": "\xc3\xa9"}', 100), (b"x" * 50, 10), (b"", 0)]
+    ("body", "limit"), [(b'{"a": "\xc3\xa9"}', 100), (b"x" * 50, 10), (b"", 0), (b"\xff\xfe", 9)]
 )
-def test_queued_record_fields_match_the_log_store_encoding(body: bytes, limit: int) -> None:
+async def test_the_queued_record_matches_the_log_store_encoding(
+    redis_client: Redis, body: bytes, limit: int
+) -> None:
+    keys = AppKeys("shop", "yourapp")
     delivery = Delivery(
         job_id="018f00000000a1b2c3d4e5f6a7b8c9d0",
-        job_json="{}",
+        job_json='{"id": "018f00000000a1b2c3d4e5f6a7b8c9d0"}',
         integration_id="ABC123",
         received_at=1_700_000_000.123456,
         source_ip="203.0.113.5",
@@ -30,7 +38,8 @@ def test_queued_record_fields_match_the_log_store_encoding(body: bytes, limit: i
         payload_limit=limit,
         log_max_age_seconds=60,
     )
-    payload = body[:limit].decode("utf-8", "replace")
+    assert await Enqueuer(redis_client).store(keys, delivery) is Outcome.QUEUED
+
     expected = LogRecord(
         id=delivery.job_id,
         ts=delivery.received_at,
@@ -39,10 +48,85 @@ def test_queued_record_fields_match_the_log_store_encoding(body: bytes, limit: i
         http_status=200,
         status=LogStatus.QUEUED,
         format="json",
-        payload=payload,
+        payload=body[:limit].decode("utf-8", "replace"),
         payload_truncated=len(body) > limit,
     ).to_hash()
-    assert queued_record_fields(delivery) == expected
+    stored = await redis_client.hgetall(keys.log_record(delivery.job_id))
+    assert stored == {name.encode(): value.encode() for name, value in expected.items()}
+    assert 0 < await redis_client.ttl(keys.log_record(delivery.job_id)) <= 60
+    assert await redis_client.zscore(keys.log_index, delivery.job_id) == delivery.received_at
+    job = {JOB_FIELD.encode(): delivery.job_json.encode()}
+    assert await redis_client.xrange(keys.jobs) == [(ANY, job)]
+    counters = keys.counters("ABC123", counter_bucket(delivery.received_at))
+    assert await redis_client.hgetall(counters) == {COUNTER_RECEIVED.encode(): b"1"}
+    assert (
+        await redis_client.hget(keys.last_received, "ABC123") == repr(delivery.received_at).encode()
+    )
+
+
+@pytest.mark.redis
+async def test_one_batch_spans_applications_and_settles_each_caller(redis_client: Redis) -> None:
+    enqueuer = Enqueuer(redis_client)
+    apps = [AppKeys("shop", "a"), AppKeys("shop", "b"), AppKeys("other", "a")]
+
+    def delivery(n: int, dedupe_id: str | None = None) -> Delivery:
+        return Delivery(
+            job_id=f"job-{n}", job_json=f'{{"n": {n}}}', integration_id="ABC123",
+            received_at=1_700_000_000.0 + n, source_ip="127.0.0.1", format="json",
+            body=b"{}", payload_limit=100, log_max_age_seconds=600,
+            dedupe_id=dedupe_id, dedupe_ttl_seconds=60 if dedupe_id else 0,
+        )  # fmt: skip
+
+    outcomes = await asyncio.gather(
+        *(enqueuer.store(apps[n % 3], delivery(n, "same" if n >= 30 else None)) for n in range(60))
+    )
+    # Without a delivery id everything is queued; with one, once per application.
+    assert outcomes.count(Outcome.QUEUED) == 30 + 3
+    assert outcomes.count(Outcome.DUPLICATE) == 27
+    for keys in apps:
+        assert await redis_client.xlen(keys.jobs) == 10 + 1
+        assert await redis_client.zcard(keys.log_index) == 20
+    await redis_client.script_flush()  # as after a Redis restart: NOSCRIPT, loaded again
+    assert await enqueuer.store(apps[0], delivery(99)) is Outcome.QUEUED
+
+
+@pytest.mark.redis
+async def test_a_failed_call_fails_each_of_its_callers(redis_client: Redis) -> None:
+    keys = AppKeys("shop", "yourapp")
+    await redis_client.set(keys.jobs, "not a stream")  # XADD answers WRONGTYPE
+    delivery = Delivery(
+        job_id="j", job_json="{}", integration_id="ABC123", received_at=1.0,
+        source_ip="127.0.0.1", format="json", body=b"", payload_limit=0, log_max_age_seconds=60,
+    )  # fmt: skip
+    enqueuer = Enqueuer(redis_client)
+    results = await asyncio.gather(
+        *(enqueuer.store(keys, delivery) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, ResponseError) and "WRONGTYPE" in str(r) for r in results)
+    await redis_client.delete(keys.jobs)
+    assert await enqueuer.store(keys, delivery) is Outcome.QUEUED  # the connection is usable
+
+
+@pytest.mark.redis
+async def test_a_stopped_redis_fails_callers_without_hanging(
+    private_redis_server: RedisServer,
+) -> None:
+    client = Redis.from_url(private_redis_server.url, socket_timeout=1)
+    keys = AppKeys("shop", "yourapp")
+    delivery = Delivery(
+        job_id="j", job_json="{}", integration_id="ABC123", received_at=1.0,
+        source_ip="127.0.0.1", format="json", body=b"", payload_limit=0, log_max_age_seconds=60,
+    )  # fmt: skip
+    enqueuer = Enqueuer(client, timeout=3)
+    try:
+        assert await enqueuer.store(keys, delivery) is Outcome.QUEUED
+        private_redis_server.stop()
+        with pytest.raises(RedisError):
+            await enqueuer.store(keys, delivery)
+        private_redis_server.start()
+        assert await enqueuer.store(keys, delivery) is Outcome.QUEUED  # reconnected, reloaded
+    finally:
+        await client.aclose()
 
 
 @pytest.mark.redis

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from xml.sax.saxutils import escape
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
@@ -88,6 +88,36 @@ def test_any_bytes_as_json_parse_or_get_the_contract_error(body: bytes) -> None:
         parse_json(body)
     except PayloadError as exc:
         assert_contract_error(exc, JSON_PREFIX)
+
+
+def _standard_parse(body: bytes) -> Any:
+    def refuse(name: str) -> Any:
+        raise ValueError(name)
+
+    return json.loads(body.decode("utf-8-sig"), parse_constant=refuse)
+
+
+@FAST
+@given(
+    st.one_of(
+        st.binary(max_size=256),
+        st.tuples(json_values, st.booleans(), st.sampled_from(["", " ", "\ufeff", "\n"])).map(
+            lambda v: (v[2] + json.dumps(v[0], ensure_ascii=v[1])).encode()
+        ),
+    )
+)
+@example(b'"\\ud800"')  # a lone surrogate escape: only `json` takes it
+@example(b"[" * 300 + b"]" * 300)  # deeper than the fast parser goes
+@example(b"1e400")
+def test_the_fast_json_parser_agrees_with_the_standard_one(body: bytes) -> None:
+    """The Rust fast path must accept exactly what `json` accepts, with equal values."""
+    try:
+        expected = _standard_parse(body)
+    except (ValueError, RecursionError):
+        with pytest.raises(PayloadError):
+            parse_json(body)
+        return
+    assert parse_json(body) == expected
 
 
 @FAST

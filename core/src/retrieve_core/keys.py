@@ -72,7 +72,12 @@ class AppKeys:
         return self._key("logs")
 
     def log_record(self, record_id: str) -> str:
-        return self._key("log", record_id)
+        return self.log_record_prefix + record_id
+
+    @property
+    def log_record_prefix(self) -> str:
+        """`log_record(id)` is this prefix followed by the id."""
+        return self._key("log", "")
 
     def dedupe(self, integration_id: str, delivery_id: str) -> str:
         digest = hashlib.sha256(delivery_id.encode()).hexdigest()[:32]
@@ -80,7 +85,12 @@ class AppKeys:
 
     def counters(self, integration_id: str, bucket: int) -> str:
         """Hash of per-minute counters (received, rejected, failed...) of one integration."""
-        return self._key("count", integration_id, str(bucket))
+        return f"{self.counters_prefix}{integration_id}:{bucket}"
+
+    @property
+    def counters_prefix(self) -> str:
+        """`counters(id, bucket)` is this prefix followed by `<id>:<bucket>`."""
+        return self._key("count", "")
 
     @property
     def last_received(self) -> str:

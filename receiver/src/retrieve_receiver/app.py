@@ -33,6 +33,7 @@ from retrieve_core.constants import (
     MSG_RATE_LIMITED,
     MSG_TOO_LARGE,
 )
+from retrieve_core.enqueue import Delivery, Enqueuer
 from retrieve_core.job import Job, new_job_id
 from retrieve_core.keys import (
     COUNTER_REJECTED,
@@ -44,7 +45,6 @@ from retrieve_core.logstore import LogRecord, LogStatus, LogStore, add_record, t
 from retrieve_core.provider import ConfigProvider
 
 from .dns import FcrdnsVerifier, make_resolver
-from .enqueue import Delivery, Enqueuer
 from .errors import WebhookError, failure, success
 from .metrics import UNKNOWN_INTEGRATION, ReceiverMetrics
 from .parsing import PayloadError, parse_payload
@@ -112,7 +112,7 @@ def make_redis(settings: ReceiverSettings) -> Redis:
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     client = make_redis(app[SETTINGS_KEY])
     app[REDIS_KEY] = client
-    app[ENQUEUER_KEY] = Enqueuer(client)
+    app[ENQUEUER_KEY] = Enqueuer(client, timeout=app[SETTINGS_KEY].redis_timeout * 2)
     app[LIMITER_KEY] = RateLimiter(client)
     yield
     await client.aclose()
@@ -420,8 +420,7 @@ async def _enqueue(
         dedupe_ttl_seconds=target.dedupe.ttl_seconds if target.dedupe else 0,
     )
     try:
-        async with asyncio.timeout(request.app[SETTINGS_KEY].redis_timeout * 2):
-            await request.app[ENQUEUER_KEY].store(app.keys, delivery)
+        await request.app[ENQUEUER_KEY].store(app.keys, delivery)
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning("job for integration %s not stored: %s", target.id, exc)
         raise WebhookError(

@@ -26,10 +26,10 @@ import jmespath
 from redis.asyncio import Redis
 
 from retrieve_core.config import ApplicationConfig, IntegrationConfig, SecretStore
+from retrieve_core.enqueue import Delivery, Enqueuer, Outcome
 from retrieve_core.job import Job, new_job_id
 from retrieve_core.models import HttpSourceSpec
 from retrieve_core.pollstate import PollState, rfc3339
-from retrieve_receiver.enqueue import Delivery, Enqueuer, Outcome
 
 log = logging.getLogger(__name__)
 

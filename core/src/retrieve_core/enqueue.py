@@ -1,0 +1,327 @@
+"""Storing accepted webhooks: one atomic Lua call per batch, one round trip for many requests.
+
+For each delivery the script does what the MULTI of `logstore.add_record` + XADD would, plus the
+dedupe check: if the delivery id was already seen it writes a `duplicate` log record and enqueues
+nothing; otherwise it adds the job to the stream, remembers the delivery id, writes the `queued`
+log record and bumps the counters. A queued delivery's XADD is its first write, so an
+out-of-memory Redis refuses the call before anything of it is stored; the caller answers 200 only
+after Redis replied. All keys of one call carry one application's hash tag, so the script is
+legal on Redis Cluster.
+
+Requests that arrive while a call is in flight go out together in the next one. This path is the
+receiver's hot path (it bounds webhooks per second), so the command is packed here, straight into
+RESP bytes, and sent on a connection of the client's pool: redis-py's generic packing and its
+per-command pipeline bookkeeping cost more than the rest of a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Final
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from .job import JOB_FIELD
+from .keys import (
+    COUNTER_DUPLICATE,
+    COUNTER_RECEIVED,
+    COUNTER_TTL_SECONDS,
+    AppKeys,
+    counter_bucket,
+)
+from .logstore import LogStatus, truncate_payload
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_MESSAGE: Final = "duplicate delivery, not enqueued"
+MAX_BATCH: Final = 128
+
+# Per delivery: 3 keys (log record, counters, dedupe) and 9 arguments, after the call's own
+# 3 keys (jobs stream, log index, last-received) and 2 arguments (log max age, counters TTL).
+_CALL_KEYS: Final = 3
+_CALL_ARGS: Final = 2
+_DELIVERY_KEYS: Final = 3
+_DELIVERY_ARGS: Final = 9
+
+# The `queued` log record as the script writes it: hash field -> Lua expression over the
+# delivery's arguments (`job_id`, `ts`, `status`, `err`, `a` = index before its arguments).
+# The same fields and encodings as `LogRecord.to_hash()` (a test compares the stored hashes).
+_RECORD: Final = {
+    "id": "job_id",
+    "ts": "ts",
+    "source_ip": "ARGV[a + 6]",
+    "integration_id": "integration_id",
+    "http_status": "'200'",
+    "status": "status",
+    "error": "err",
+    "format": "ARGV[a + 7]",
+    "payload": "ARGV[a + 8]",
+    "payload_truncated": "ARGV[a + 9]",
+    "message": "''",
+    "attempts": "'0'",
+    "destinations": "'[]'",
+    "console": "'[]'",
+}
+
+
+def _lua_string(value: str) -> str:
+    return json.dumps(value)  # a double-quoted Lua string for these plain ASCII constants
+
+
+_SCRIPT: Final = f"""
+local max_age, counter_ttl = ARGV[1], ARGV[2]
+local results = {{}}
+for i = 1, (#KEYS - {_CALL_KEYS}) / {_DELIVERY_KEYS} do
+  local k = {_CALL_KEYS} + {_DELIVERY_KEYS} * (i - 1)
+  local a = {_CALL_ARGS} + {_DELIVERY_ARGS} * (i - 1)
+  local job_id, ts, integration_id = ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local dedupe_ttl = tonumber(ARGV[a + 5])
+  local status, counter, err, outcome
+  if dedupe_ttl > 0 and redis.call('EXISTS', KEYS[k + 3]) == 1 then
+    status, counter, outcome = {_lua_string(LogStatus.DUPLICATE)}, {_lua_string(COUNTER_DUPLICATE)}, 0
+    err = {_lua_string(DUPLICATE_MESSAGE)}
+  else
+    redis.call('XADD', KEYS[1], '*', {_lua_string(JOB_FIELD)}, ARGV[a + 1])
+    if dedupe_ttl > 0 then
+      redis.call('SET', KEYS[k + 3], job_id, 'EX', dedupe_ttl)
+    end
+    redis.call('HSET', KEYS[3], integration_id, ts)
+    status, counter, err, outcome = {_lua_string(LogStatus.QUEUED)}, {_lua_string(COUNTER_RECEIVED)}, '', 1
+  end
+  redis.call('HSET', KEYS[k + 1], {", ".join(f"'{name}', {expr}" for name, expr in _RECORD.items())})
+  redis.call('EXPIRE', KEYS[k + 1], max_age)
+  redis.call('ZADD', KEYS[2], ts, job_id)
+  redis.call('HINCRBY', KEYS[k + 2], counter, 1)
+  redis.call('EXPIRE', KEYS[k + 2], counter_ttl)
+  results[i] = outcome
+end
+return results
+"""  # noqa: E501 - generated Lua
+
+
+class Outcome(IntEnum):
+    DUPLICATE = 0
+    QUEUED = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What the script needs of one accepted request."""
+
+    job_id: str
+    job_json: str
+    integration_id: str
+    received_at: float
+    source_ip: str
+    format: str
+    body: bytes
+    payload_limit: int
+    log_max_age_seconds: int
+    dedupe_id: str | None = None
+    dedupe_ttl_seconds: int = 0
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+class _AppPrefix:
+    """One application's keys, encoded once: the hot path only appends ids to them."""
+
+    __slots__ = ("call_keys", "counters", "jobs", "log_record")
+
+    def __init__(self, keys: AppKeys) -> None:
+        self.jobs = _bulk(keys.jobs.encode())
+        self.call_keys = (
+            self.jobs + _bulk(keys.log_index.encode()) + _bulk(keys.last_received.encode())
+        )
+        self.log_record = keys.log_record_prefix.encode()
+        self.counters = keys.counters_prefix.encode()
+
+
+@dataclass(slots=True)
+class _Call:
+    """The deliveries of one application in a batch: one EVALSHA."""
+
+    keys: AppKeys
+    max_age: int
+    packed_keys: list[bytes]
+    packed_args: list[bytes]
+    futures: list[asyncio.Future[Outcome]]
+
+    def command(self, sha: bytes) -> bytes:
+        n = len(self.futures)
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (
+            3 + _CALL_KEYS + _CALL_ARGS + n * (_DELIVERY_KEYS + _DELIVERY_ARGS),
+            _bulk(sha),
+            _bulk(b"%d" % (_CALL_KEYS + n * _DELIVERY_KEYS)),
+        )
+        prefix = _prefix(self.keys)
+        common = _bulk(b"%d" % self.max_age) + _bulk(b"%d" % COUNTER_TTL_SECONDS)
+        return b"".join((head, prefix.call_keys, *self.packed_keys, common, *self.packed_args))
+
+
+_PREFIXES: dict[AppKeys, _AppPrefix] = {}
+
+
+def _prefix(keys: AppKeys) -> _AppPrefix:
+    prefix = _PREFIXES.get(keys)
+    if prefix is None:
+        if len(_PREFIXES) > 10_000:  # applications come and go with the config
+            _PREFIXES.clear()
+        prefix = _PREFIXES[keys] = _AppPrefix(keys)
+    return prefix
+
+
+def _pack_delivery(keys: AppKeys, delivery: Delivery) -> tuple[bytes, bytes]:
+    """The delivery's 3 keys and 9 arguments as RESP bulk strings."""
+    prefix = _prefix(keys)
+    job_id = delivery.job_id.encode()
+    integration_id = delivery.integration_id.encode()
+    dedupe = delivery.dedupe_id is not None and delivery.dedupe_ttl_seconds > 0
+    if dedupe:
+        assert delivery.dedupe_id is not None
+        dedupe_key = _bulk(keys.dedupe(delivery.integration_id, delivery.dedupe_id).encode())
+    else:
+        dedupe_key = prefix.jobs  # a declared key the script never touches
+    bucket = b"%d" % counter_bucket(delivery.received_at)
+    packed_keys = b"".join((
+        _bulk(prefix.log_record + job_id),
+        _bulk(b"%b%b:%b" % (prefix.counters, integration_id, bucket)),
+        dedupe_key,
+    ))  # fmt: skip
+    payload, truncated = truncate_payload(delivery.body, delivery.payload_limit)
+    packed_args = b"".join((
+        _bulk(delivery.job_json.encode()),
+        _bulk(job_id),
+        _bulk(repr(delivery.received_at).encode()),  # json.dumps of a finite float
+        _bulk(integration_id),
+        _bulk(b"%d" % (delivery.dedupe_ttl_seconds if dedupe else 0)),
+        _bulk(delivery.source_ip.encode()),
+        _bulk(delivery.format.encode()),
+        _bulk(payload.encode()),
+        b"$4\r\ntrue\r\n" if truncated else b"$5\r\nfalse\r\n",
+    ))  # fmt: skip
+    return packed_keys, packed_args
+
+
+class Enqueuer:
+    """Runs the script for accepted requests, batching the ones that arrive together.
+
+    Each caller gets its own outcome or error; a call that does not complete within `timeout`
+    fails its callers with `TimeoutError` (and its connection is dropped, so a late reply
+    cannot be read as another call's).
+    """
+
+    def __init__(self, redis: Redis, *, timeout: float = 4.0, max_batch: int = MAX_BATCH) -> None:
+        self._redis = redis
+        self._sha = hashlib.sha1(_SCRIPT.encode()).hexdigest().encode()
+        self._timeout = timeout
+        self._max_batch = max_batch
+        self._pending: list[tuple[AppKeys, int, bytes, bytes, asyncio.Future[Outcome]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def store(self, keys: AppKeys, delivery: Delivery) -> Outcome:
+        packed_keys, packed_args = _pack_delivery(keys, delivery)
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._pending.append((keys, delivery.log_max_age_seconds, packed_keys, packed_args, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                await self._run(_group(batch))
+        finally:
+            self._flusher = None
+
+    async def _run(self, calls: list[_Call]) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                replies = await self._execute(calls)
+                if any(isinstance(reply, NoScriptError) for reply in replies):
+                    # Redis restarted or was flushed: a NOSCRIPT call did nothing, so rerun it.
+                    await self._redis.script_load(_SCRIPT)
+                    again = [c for c, r in zip(calls, replies, strict=True) if _noscript(r)]
+                    rerun = iter(await self._execute(again))
+                    replies = [next(rerun) if _noscript(r) else r for r in replies]
+        except asyncio.CancelledError:  # shutting down: nobody waits in vain
+            for call in calls:
+                _settle(call, RedisError("enqueue cancelled"))
+            raise
+        except Exception as exc:  # the call failed as a whole: each caller gets the error
+            replies = [exc] * len(calls)
+        for call, reply in zip(calls, replies, strict=True):
+            _settle(call, reply)
+
+    async def _execute(self, calls: list[_Call]) -> list[Any]:
+        """Send every call in one write and read their replies; reconnect once if the
+        connection was lost (e.g. Redis restarted since it was last used)."""
+        data = b"".join(call.command(self._sha) for call in calls)
+        try:
+            return await self._roundtrip(data, len(calls))
+        except (RedisConnectionError, ConnectionError):
+            return await self._roundtrip(data, len(calls))
+
+    async def _roundtrip(self, data: bytes, count: int) -> list[Any]:
+        pool = self._redis.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        completed = False
+        try:
+            await connection.send_packed_command(data, check_health=False)
+            replies: list[Any] = []
+            for _ in range(count):
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:  # an error reply, read in full
+                    replies.append(exc)
+            completed = True
+            return replies
+        finally:
+            if not completed:  # cancelled or failed mid-reply: its stream is out of step
+                await connection.disconnect(nowait=True)
+            await pool.release(connection)
+
+
+def _noscript(reply: Any) -> bool:
+    return isinstance(reply, NoScriptError)
+
+
+def _group(batch: list[tuple[AppKeys, int, bytes, bytes, asyncio.Future[Outcome]]]) -> list[_Call]:
+    calls: dict[tuple[AppKeys, int], _Call] = {}
+    for keys, max_age, packed_keys, packed_args, future in batch:
+        call = calls.get((keys, max_age))
+        if call is None:
+            call = calls[keys, max_age] = _Call(keys, max_age, [], [], [])
+        call.packed_keys.append(packed_keys)
+        call.packed_args.append(packed_args)
+        call.futures.append(future)
+    return list(calls.values())
+
+
+def _settle(call: _Call, reply: Any) -> None:
+    if isinstance(reply, BaseException):
+        error: BaseException = reply
+        if not isinstance(reply, RedisError | OSError | TimeoutError):
+            log.error("enqueue call failed unexpectedly", exc_info=reply)
+            error = RedisError(f"enqueue failed: {reply!r}")
+    elif not isinstance(reply, list) or len(reply) != len(call.futures):
+        error = RedisError(f"unexpected reply to the enqueue script: {reply!r:.200}")
+    else:
+        for future, outcome in zip(call.futures, reply, strict=True):
+            if not future.done():  # not if the caller was cancelled
+                future.set_result(Outcome(int(outcome)))
+        return
+    for future in call.futures:
+        if not future.done():
+            future.set_exception(error)
