@@ -29,7 +29,7 @@ async def test_the_queued_record_matches_the_log_store_encoding(
     keys = AppKeys("shop", "yourapp")
     delivery = Delivery(
         job_id="018f00000000a1b2c3d4e5f6a7b8c9d0",
-        job_json='{"id": "018f00000000a1b2c3d4e5f6a7b8c9d0"}',
+        job_json=b'{"id": "018f00000000a1b2c3d4e5f6a7b8c9d0"}',
         integration_id="ABC123",
         received_at=1_700_000_000.123456,
         source_ip="203.0.113.5",
@@ -55,7 +55,7 @@ async def test_the_queued_record_matches_the_log_store_encoding(
     assert stored == {name.encode(): value.encode() for name, value in expected.items()}
     assert 0 < await redis_client.ttl(keys.log_record(delivery.job_id)) <= 60
     assert await redis_client.zscore(keys.log_index, delivery.job_id) == delivery.received_at
-    job = {JOB_FIELD.encode(): delivery.job_json.encode()}
+    job = {JOB_FIELD.encode(): delivery.job_json}
     assert await redis_client.xrange(keys.jobs) == [(ANY, job)]
     counters = keys.counters("ABC123", counter_bucket(delivery.received_at))
     assert await redis_client.hgetall(counters) == {COUNTER_RECEIVED.encode(): b"1"}
@@ -71,7 +71,7 @@ async def test_one_batch_spans_applications_and_settles_each_caller(redis_client
 
     def delivery(n: int, dedupe_id: str | None = None) -> Delivery:
         return Delivery(
-            job_id=f"job-{n}", job_json=f'{{"n": {n}}}', integration_id="ABC123",
+            job_id=f"job-{n}", job_json=b'{"n": %d}' % n, integration_id="ABC123",
             received_at=1_700_000_000.0 + n, source_ip="127.0.0.1", format="json",
             body=b"{}", payload_limit=100, log_max_age_seconds=600,
             dedupe_id=dedupe_id, dedupe_ttl_seconds=60 if dedupe_id else 0,
@@ -95,7 +95,7 @@ async def test_a_failed_call_fails_each_of_its_callers(redis_client: Redis) -> N
     keys = AppKeys("shop", "yourapp")
     await redis_client.set(keys.jobs, "not a stream")  # XADD answers WRONGTYPE
     delivery = Delivery(
-        job_id="j", job_json="{}", integration_id="ABC123", received_at=1.0,
+        job_id="j", job_json=b"{}", integration_id="ABC123", received_at=1.0,
         source_ip="127.0.0.1", format="json", body=b"", payload_limit=0, log_max_age_seconds=60,
     )  # fmt: skip
     enqueuer = Enqueuer(redis_client)
@@ -114,7 +114,7 @@ async def test_a_stopped_redis_fails_callers_without_hanging(
     client = Redis.from_url(private_redis_server.url, socket_timeout=1)
     keys = AppKeys("shop", "yourapp")
     delivery = Delivery(
-        job_id="j", job_json="{}", integration_id="ABC123", received_at=1.0,
+        job_id="j", job_json=b"{}", integration_id="ABC123", received_at=1.0,
         source_ip="127.0.0.1", format="json", body=b"", payload_limit=0, log_max_age_seconds=60,
     )  # fmt: skip
     enqueuer = Enqueuer(client, timeout=3)

@@ -85,7 +85,7 @@ for i = 1, (#KEYS - {_CALL_KEYS}) / {_DELIVERY_KEYS} do
   local dedupe_ttl = tonumber(ARGV[a + 5])
   local status, counter, err, outcome
   if dedupe_ttl > 0 and redis.call('EXISTS', KEYS[k + 3]) == 1 then
-    status, counter, outcome = {_lua_string(LogStatus.DUPLICATE)}, {_lua_string(COUNTER_DUPLICATE)}, 0
+    status, counter, outcome = {_lua_string(LogStatus.DUPLICATE)}, {_lua_string(COUNTER_DUPLICATE)}, '0'
     err = {_lua_string(DUPLICATE_MESSAGE)}
   else
     redis.call('XADD', KEYS[1], '*', {_lua_string(JOB_FIELD)}, ARGV[a + 1])
@@ -93,16 +93,17 @@ for i = 1, (#KEYS - {_CALL_KEYS}) / {_DELIVERY_KEYS} do
       redis.call('SET', KEYS[k + 3], job_id, 'EX', dedupe_ttl)
     end
     redis.call('HSET', KEYS[3], integration_id, ts)
-    status, counter, err, outcome = {_lua_string(LogStatus.QUEUED)}, {_lua_string(COUNTER_RECEIVED)}, '', 1
+    status, counter, err, outcome = {_lua_string(LogStatus.QUEUED)}, {_lua_string(COUNTER_RECEIVED)}, '', '1'
   end
   redis.call('HSET', KEYS[k + 1], {", ".join(f"'{name}', {expr}" for name, expr in _RECORD.items())})
   redis.call('EXPIRE', KEYS[k + 1], max_age)
   redis.call('ZADD', KEYS[2], ts, job_id)
-  redis.call('HINCRBY', KEYS[k + 2], counter, 1)
-  redis.call('EXPIRE', KEYS[k + 2], counter_ttl)
+  if redis.call('HINCRBY', KEYS[k + 2], counter, 1) == 1 then
+    redis.call('EXPIRE', KEYS[k + 2], counter_ttl)  -- every writer sets it on a field's first count
+  end
   results[i] = outcome
 end
-return results
+return table.concat(results)
 """  # noqa: E501 - generated Lua
 
 
@@ -116,7 +117,7 @@ class Delivery:
     """What the script needs of one accepted request."""
 
     job_id: str
-    job_json: str
+    job_json: bytes
     integration_id: str
     received_at: float
     source_ip: str
@@ -199,7 +200,7 @@ def _pack_delivery(keys: AppKeys, delivery: Delivery) -> tuple[bytes, bytes]:
     ))  # fmt: skip
     payload, truncated = truncate_payload(delivery.body, delivery.payload_limit)
     packed_args = b"".join((
-        _bulk(delivery.job_json.encode()),
+        _bulk(delivery.job_json),
         _bulk(job_id),
         _bulk(repr(delivery.received_at).encode()),  # json.dumps of a finite float
         _bulk(integration_id),
@@ -315,10 +316,13 @@ def _settle(call: _Call, reply: Any) -> None:
         if not isinstance(reply, RedisError | OSError | TimeoutError):
             log.error("enqueue call failed unexpectedly", exc_info=reply)
             error = RedisError(f"enqueue failed: {reply!r}")
-    elif not isinstance(reply, list) or len(reply) != len(call.futures):
+    elif not isinstance(reply, bytes | str) or len(reply) != len(call.futures):
         error = RedisError(f"unexpected reply to the enqueue script: {reply!r:.200}")
     else:
-        for future, outcome in zip(call.futures, reply, strict=True):
+        # One character per delivery, its `Outcome` ("0" duplicate, "1" queued): a string
+        # reply is parsed in one read, an array element by element.
+        outcomes = reply.decode() if isinstance(reply, bytes) else reply
+        for future, outcome in zip(call.futures, outcomes, strict=True):
             if not future.done():  # not if the caller was cancelled
                 future.set_result(Outcome(int(outcome)))
         return

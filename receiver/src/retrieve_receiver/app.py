@@ -34,7 +34,7 @@ from retrieve_core.constants import (
     MSG_TOO_LARGE,
 )
 from retrieve_core.enqueue import Delivery, Enqueuer
-from retrieve_core.job import Job, new_job_id
+from retrieve_core.job import new_job_id, new_job_json
 from retrieve_core.keys import (
     COUNTER_REJECTED,
     COUNTER_TTL_SECONDS,
@@ -357,25 +357,43 @@ async def _receive(request: web.Request, *, xml_route: bool) -> web.Response:
     except PayloadError as exc:
         raise refuse(400, exc.message, body, "xml" if xml_route else "json") from None
 
-    now = time.time()
-    job = Job(
-        id=new_job_id(),
+    job_id, now = new_job_id(), time.time()
+    try:
+        job_json = new_job_json(
+            job_id=job_id,
+            integration_id=target.id,
+            application=app.config.name,
+            namespace=app.config.namespace,
+            received_at=now,
+            source_ip=source_ip,
+            format=fmt,
+            headers=_selected_headers(request, target.headers) if target.headers else {},
+            payload=payload,
+        )
+    except (PydanticSerializationError, ValueError, RecursionError) as exc:
+        template = MSG_INVALID_XML if fmt == "xml" else MSG_INVALID_JSON
+        detail = "nested too deeply" if "recursion" in str(exc).lower() else "not encodable"
+        raise refuse(400, template.format(detail=detail), body, fmt) from None
+
+    delivery = Delivery(
+        job_id=job_id,
+        job_json=job_json,
         integration_id=target.id,
-        application=app.config.name,
-        namespace=app.config.namespace,
         received_at=now,
         source_ip=source_ip,
         format=fmt,
-        headers=_selected_headers(request, target.headers),
-        payload=payload,
+        body=body,
+        payload_limit=app.log_payload_bytes,
+        log_max_age_seconds=app.log_max_age_seconds,
+        dedupe_id=_delivery_id(target, request, payload),
+        dedupe_ttl_seconds=target.dedupe.ttl_seconds if target.dedupe else 0,
     )
     try:
-        job_json = job.model_dump_json()
-    except (PydanticSerializationError, ValueError, RecursionError):
-        template = MSG_INVALID_XML if fmt == "xml" else MSG_INVALID_JSON
-        raise refuse(400, template.format(detail="nested too deeply"), body, fmt) from None
-
-    return await _enqueue(request, app=app, target=target, job=job, job_json=job_json, body=body)
+        await request.app[ENQUEUER_KEY].store(app.keys, delivery)
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("job for integration %s not stored: %s", target.id, exc)
+        raise refuse(503, MSG_QUEUE_UNAVAILABLE, body, fmt) from None
+    return success()
 
 
 async def _check_rate_limits(
@@ -394,39 +412,6 @@ async def _check_rate_limits(
         raise WebhookError(
             429, MSG_RATE_LIMITED, app, target.id, source_ip, headers={"Retry-After": retry_after}
         )
-
-
-async def _enqueue(
-    request: web.Request,
-    *,
-    app: AppRoute,
-    target: IntegrationRoute,
-    job: Job,
-    job_json: str,
-    body: bytes,
-) -> web.Response:
-    """Store the job and its log record in one atomic call; 200 only once Redis replied."""
-    delivery = Delivery(
-        job_id=job.id,
-        job_json=job_json,
-        integration_id=target.id,
-        received_at=job.received_at,
-        source_ip=job.source_ip,
-        format=job.format,
-        body=body,
-        payload_limit=app.log_payload_bytes,
-        log_max_age_seconds=app.log_max_age_seconds,
-        dedupe_id=_delivery_id(target, request, job.payload),
-        dedupe_ttl_seconds=target.dedupe.ttl_seconds if target.dedupe else 0,
-    )
-    try:
-        await request.app[ENQUEUER_KEY].store(app.keys, delivery)
-    except (RedisError, OSError, TimeoutError) as exc:
-        log.warning("job for integration %s not stored: %s", target.id, exc)
-        raise WebhookError(
-            503, MSG_QUEUE_UNAVAILABLE, app, target.id, job.source_ip, body, job.format
-        ) from None
-    return success()
 
 
 # ---------------------------------------------------------------- errors, metrics

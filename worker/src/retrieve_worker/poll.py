@@ -253,7 +253,7 @@ class Poller:
         logs = self.app.spec.webhook_logs
         delivery = Delivery(
             job_id=job.id,
-            job_json=job.model_dump_json(),
+            job_json=job.model_dump_json().encode(),
             integration_id=self.integration.id,
             received_at=now,
             source_ip=POLL_SOURCE_IP,
