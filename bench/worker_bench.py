@@ -27,12 +27,20 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from retrieve_cli.serve import run_event_loop
 from retrieve_core.config import ApplicationConfig, IntegrationConfig, SecretStore
 from retrieve_core.job import Job, new_job_id
 from retrieve_core.logstore import LogRecord, LogStatus, add_record
 from retrieve_core.models import IntegrationSpec, RetrieveApplicationSpec
 from retrieve_core.provider import ConfigProvider
 from retrieve_worker import Worker, WorkerSettings
+
+try:
+    import uvloop  # noqa: F401 - only to name the loop in the output
+except ImportError:
+    LOOP = "asyncio event loop"
+else:
+    LOOP = "uvloop"
 
 REWRITE = """
 let job = jobData.job;
@@ -148,6 +156,7 @@ async def scenario(
     redis = Redis.from_url(redis_url)
     app = make_app(f"{'rewrite' if rewrite else 'mapping'}-{int(time.time())}", sink_url, rewrite)
     await enqueue(redis, app, jobs)
+    print(f"{label:<22} {jobs} jobs enqueued, processing", flush=True)
     provider = ConfigProvider()
     provider.update((app,), SecretStore())
     worker = Worker(
@@ -269,5 +278,6 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=128)
     parser.add_argument("--only", choices=("mapping", "rewrite"))
     parser.add_argument("--profile", action="store_true")
-    asyncio.run(main(parser.parse_args()))
-    print(f"(python {sys.version.split()[0]}, {Path(sys.executable).name})")
+    # The event loop and GC settings of `retrieve worker` (uvloop when installed).
+    run_event_loop(main(parser.parse_args()))
+    print(f"(python {sys.version.split()[0]}, {Path(sys.executable).name}, {LOOP})")

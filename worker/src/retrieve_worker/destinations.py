@@ -6,16 +6,16 @@ later attempt (retried); any other answer (3xx, 4xx) is refused for good.
 
 from __future__ import annotations
 
-import asyncio
 import json
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from retrieve_core.logstore import DestinationResult
 from retrieve_core.models import Destination
+
+from .httpclient import DestinationClient, HttpError
 
 BODY_EXCERPT_CHARS = 256
 READ_LIMIT_BYTES = 64 * 1024
@@ -23,13 +23,10 @@ USER_AGENT = "retrieve-worker/0.1"
 RETRYABLE_STATUSES = frozenset({408, 429})
 
 
-def create_session(connections: int = 256) -> aiohttp.ClientSession:
-    """The one client session of a worker: pooled keep-alive connections, no cookies shared."""
-    connector = aiohttp.TCPConnector(limit=connections, ttl_dns_cache=60)
-    return aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        headers={"User-Agent": USER_AGENT},
+def create_client(ssl_context: ssl.SSLContext | None = None) -> DestinationClient:
+    """The one HTTP client of a worker: pooled keep-alive connections, nothing shared else."""
+    return DestinationClient(
+        user_agent=USER_AGENT, read_limit=READ_LIMIT_BYTES, ssl_context=ssl_context
     )
 
 
@@ -64,7 +61,7 @@ def encode_record(record: Any) -> bytes:
 
 
 async def deliver(
-    session: aiohttp.ClientSession,
+    client: DestinationClient,
     destination: Destination,
     record: Any,
     *,
@@ -83,25 +80,19 @@ async def deliver(
     error = ""
     body = ""
     try:
-        async with session.request(
-            http.method,
-            http.url,
-            data=encode_record(record),
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=http.timeout_seconds),
-            allow_redirects=False,
-        ) as response:
-            status = response.status
-            raw = await response.content.read(READ_LIMIT_BYTES)
-            body = raw[: BODY_EXCERPT_CHARS * 4].decode("utf-8", "replace")[:BODY_EXCERPT_CHARS]
-            if not is_delivered(status):
-                error = f"{destination.name} answered {status}"
+        answer = await client.request(
+            http.method, http.url, headers, encode_record(record), http.timeout_seconds
+        )
     except TimeoutError:
         error = f"{destination.name} timed out after {http.timeout_seconds:g} s"
-    except aiohttp.ClientError as exc:
+    except (HttpError, OSError) as exc:  # refused, reset, TLS verification, not HTTP...
         error = f"{destination.name} unreachable: {type(exc).__name__}: {exc}"[:500]
-    except (OSError, asyncio.IncompleteReadError) as exc:
-        error = f"{destination.name} unreachable: {exc}"[:500]
+    else:
+        status = answer.status
+        raw = answer.body[: BODY_EXCERPT_CHARS * 4]
+        body = raw.decode("utf-8", "replace")[:BODY_EXCERPT_CHARS]
+        if not is_delivered(status):
+            error = f"{destination.name} answered {status}"
     latency_ms = (time.perf_counter() - started) * 1000
     return Delivery(
         DestinationResult(

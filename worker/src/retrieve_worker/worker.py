@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -34,7 +33,8 @@ from retrieve_core.models import RetrySpec
 from retrieve_core.provider import ConfigProvider, ConfigSnapshot
 from retrieve_core.sandbox import Sandbox
 
-from .destinations import create_session
+from .destinations import create_client
+from .httpclient import DestinationClient
 from .metrics import WorkerMetrics
 from .queue import Committer, Completion, DelayedMover, Finish, ensure_group
 from .workflow import SETTLED_EARLIER, Outcome, Verdict, backoff_seconds, run_workflow
@@ -69,7 +69,6 @@ class WorkerSettings:
     """How often the queue depth and processing-delay gauges are sampled."""
     shutdown_timeout_seconds: float = 30.0
     commit_batch: int = 256
-    http_connections: int = 256
     max_rewrite_contexts: int = 256
 
 
@@ -419,7 +418,7 @@ class AppConsumer:
                 error=f"Integration {job.integration_id} is not configured on this worker",
             )
         else:
-            outcome = await run_workflow(job, integration, self.worker.sandbox, self.worker.session)
+            outcome = await run_workflow(job, integration, self.worker.sandbox, self.worker.client)
         await self._record(entry_id, job, outcome, integration)
 
     async def _record(
@@ -522,15 +521,15 @@ class Worker:
         *,
         registry: CollectorRegistry | None = None,
         redis: Redis | None = None,
-        session: aiohttp.ClientSession | None = None,
+        client: DestinationClient | None = None,
     ) -> None:
         self.settings = settings
         self.provider = provider
         self.metrics = WorkerMetrics(registry)
         self._own_redis = redis is None
         self.redis: Redis = redis if redis is not None else Redis.from_url(settings.redis_url)
-        self._own_session = session is None
-        self._session = session
+        self._own_client = client is None
+        self._client = client
         self.sandbox = Sandbox(max_contexts=settings.max_rewrite_contexts)
         self.consumers: dict[str, AppConsumer] = {}
         self._stop = asyncio.Event()
@@ -544,10 +543,11 @@ class Worker:
         return self.metrics.registry
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def client(self) -> DestinationClient:
+        """The HTTP client of the destinations."""
+        if self._client is None:
             raise RuntimeError("the worker is not running")
-        return self._session
+        return self._client
 
     def stop(self) -> None:
         self._stop.set()
@@ -604,8 +604,8 @@ class Worker:
     # ------------------------------------------------------------------ run
 
     async def run(self) -> None:
-        if self._session is None:
-            self._session = create_session(self.settings.http_connections)
+        if self._client is None:
+            self._client = create_client()
         self.provider.subscribe(self._on_config)
         try:
             await self._wait(self.provider.loaded)
@@ -620,9 +620,9 @@ class Worker:
             )
             self.consumers.clear()
             self.sandbox.close()
-            if self._own_session and self._session is not None:
-                await self._session.close()
-                self._session = None
+            if self._own_client and self._client is not None:
+                await self._client.close()
+                self._client = None
             if self._own_redis:
                 await self.redis.aclose()
 

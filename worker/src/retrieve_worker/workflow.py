@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import aiohttp
-
 from retrieve_core.config import IntegrationConfig
 from retrieve_core.job import Job
 from retrieve_core.logstore import DestinationResult
@@ -23,6 +21,7 @@ from retrieve_core.models import RetrySpec
 from retrieve_core.sandbox import RewriteError, Sandbox, code_key
 
 from .destinations import Delivery, deliver, is_delivered
+from .httpclient import DestinationClient
 
 MAX_LOGGED_DELIVERIES = 100
 SETTLED_EARLIER = "settled by an earlier attempt"
@@ -67,7 +66,7 @@ async def run_workflow(
     job: Job,
     integration: IntegrationConfig,
     sandbox: Sandbox,
-    session: aiohttp.ClientSession,
+    client: DestinationClient,
 ) -> Outcome:
     spec = integration.spec
     console: list[str] = []
@@ -119,7 +118,7 @@ async def run_workflow(
                     )
                 )
                 continue
-            sends.append(deliver(session, destination, record, job_id=job.id, record_index=index))
+            sends.append(deliver(client, destination, record, job_id=job.id, record_index=index))
     if len(sends) == 1:
         deliveries: list[Delivery] = [await sends[0]]
     else:
