@@ -28,6 +28,7 @@ from tests.support.ports import free_port  # noqa: E402
 from tests.support.processes import write_config  # noqa: E402
 
 INTEGRATION = "507f1f77bcf86cd799439011"
+SETTLE_SECONDS = 3.0
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -66,7 +67,20 @@ def wait_ready(url: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} never became ready")
 
 
-def wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def steal_ticks() -> tuple[int, int]:
+    """(steal, total) ticks of all CPUs: time the hypervisor gave to other machines."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return values[7], sum(values[:8])
+
+
+def wrk(url: str, script: Path, seconds: int, connections: int, pid: int) -> dict[str, float]:
+    cpu_before, (steal_before, total_before) = cpu_seconds(pid), steal_ticks()
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), "--latency", url],
         capture_output=True,
@@ -80,11 +94,17 @@ def wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str, flo
         value, unit = float(match.group(1)), match.group(2)
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
+    cpu = cpu_seconds(pid) - cpu_before
+    steal, total = steal_ticks()
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    requests = re.search(r"(\d+) requests in", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     assert rps, out
+    assert requests, out
     return {
         "rps": float(rps.group(1)),
+        "cpu_us": cpu / max(int(requests.group(1)), 1) * 1e6,
+        "steal": (steal - steal_before) / max(total - total_before, 1),
         "p50_ms": latency("50"),
         "p99_ms": latency("99"),
         "non_2xx": float(errors.group(1)) if errors else 0.0,
@@ -182,14 +202,18 @@ def main() -> None:
                     strict=True,
                 )
             )
-            for url in urls.values():
-                wrk(url, script, 2, args.connections)  # warm-up
+            pids = dict(zip(names, (procs[0].pid, procs[1].pid), strict=True))
+            for name, url in urls.items():
+                wrk(url, script, 2, args.connections, pids[name])  # warm-up
             # Alternating runs: a noisy moment of the machine (other VMs, CPU steal) hits
             # both sides instead of skewing the comparison.
             for _ in range(args.rounds):
                 for name, url in urls.items():
-                    runs[name].append(wrk(url, script, args.seconds, args.connections))
+                    runs[name].append(wrk(url, script, args.seconds, args.connections, pids[name]))
                 for name, url in urls.items():
+                    # Latency at a steady rate, not in the wake of the burst before it (Redis
+                    # rewriting its AOF, log trims catching up): a few seconds of quiet first.
+                    time.sleep(SETTLE_SECONDS)
                     rates[name].append(rate(url, body_file, args.seconds, args.rate))
         finally:
             for proc in procs:
@@ -203,14 +227,15 @@ def main() -> None:
         f"median of {args.rounds} alternating rounds"
     )
     print(
-        f"{'':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} | "
+        f"{'':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>10} | "
         f"{'@' + str(args.rate) + '/s p50':>12} {'p99':>7} {'max':>7} {'ok':>6}"
     )
     for name in names:
         w, f = runs[name], rates[name]
         print(
             f"{name:34} {median([r['rps'] for r in w]):9.0f} "
-            f"{median([r['p50_ms'] for r in w]):8.2f} {median([r['p99_ms'] for r in w]):8.2f} | "
+            f"{median([r['p50_ms'] for r in w]):8.2f} {median([r['p99_ms'] for r in w]):8.2f} "
+            f"{median([r['cpu_us'] for r in w]):10.0f} | "
             f"{median([r['p50_ms'] for r in f]):12.2f} {median([r['p99_ms'] for r in f]):7.2f} "
             f"{median([r['max_ms'] for r in f]):7.2f} {median([r['ok'] for r in f]):6.0f}"
         )
@@ -218,6 +243,12 @@ def main() -> None:
     ratios = [o["rps"] / b["rps"] for b, o in zip(bare, ours, strict=True)]
     p99 = median([r["p99_ms"] for r in rates[names[1]]])
     print(f"per-round throughput ratio: {', '.join(f'{r:.0%}' for r in ratios)}")
+    steal = median([r["steal"] for r in bare + ours])
+    cost = median([b["cpu_us"] for b in bare]) / median([o["cpu_us"] for o in ours])
+    print(
+        f"server CPU per request, bare / receiver = {cost:.0%}; "
+        f"CPU steal by the hypervisor during the runs: {steal:.1%}"
+    )
     print(
         f"receiver throughput = {median(ratios):.0%} of bare aiohttp (target >= 50%); "
         f"p99 at {args.rate}/s = {p99:.2f} ms (target < 10 ms)"

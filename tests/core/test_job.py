@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -43,3 +44,31 @@ def test_job_ids_are_unique_and_time_ordered() -> None:
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 29 and int(i, 16) >= 0 for i in ids)
     assert ids[0][:13] <= ids[-1][:13]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"order": {"id": 1180591620717411303424, "total": 99.99, "note": "\\u00e9\\n"}}',
+        b' [1, 2.5, "x", true, null] \n',
+        b'"text"',
+        b"{}",
+    ],
+)
+def test_a_verbatim_json_payload_reads_back_as_the_encoded_one(body: bytes) -> None:
+    fields: dict[str, Any] = {
+        "job_id": new_job_id(),
+        "integration_id": "ABC123",
+        "application": "yourapp",
+        "namespace": "shop",
+        "received_at": 1_700_000_000.5,
+        "source_ip": "127.0.0.1",
+        "format": "json",
+        "headers": {},
+        "payload": json.loads(body),
+    }
+    verbatim = Job.model_validate_json(new_job_json(**fields, payload_json=body))
+    encoded = Job.model_validate_json(new_job_json(**fields))
+    assert verbatim == encoded
+    assert verbatim.payload == json.loads(body)

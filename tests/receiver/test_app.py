@@ -514,6 +514,35 @@ async def test_config_change_is_picked_up_without_restart(receiver_client: Clien
     assert (await client.post("/integration/ABC123", json={})).status == 200
 
 
+async def test_an_admitted_sender_is_refused_as_soon_as_the_whitelist_drops_it(
+    receiver_client: ClientFactory, redis_client: Redis
+) -> None:
+    """Admissions are remembered per (peer, X-Forwarded-For) only for one config version."""
+    app = make_app(
+        allowed=["127.0.0.1", "203.0.113.7"],
+        trusted=["127.0.0.0/8"],
+        integrations=[make_integration("ABC123")],
+    )
+    provider = make_provider(app)
+    client = await receiver_client(provider)
+    forwarded = {"X-Forwarded-For": "203.0.113.7"}
+    for _ in range(3):
+        assert (await client.post("/integration/ABC123", json={}, headers=forwarded)).status == 200
+    other = {"X-Forwarded-For": "198.51.100.9"}  # same peer, another sender: not remembered
+    assert (await client.post("/integration/ABC123", json={}, headers=other)).status == 403
+
+    updated = app.model_copy(
+        update={"spec": app.spec.model_copy(update={"allowed_list": ["127.0.0.1"]})}
+    )
+    provider.update((updated,), provider.current.secrets)
+    refused = await client.post("/integration/ABC123", json={}, headers=forwarded)
+    assert refused.status == 403
+    assert await refused.json() == error(
+        "This domain/IP (203.0.113.7) isn't authorized on Retrieve"
+    )
+    assert {job.source_ip for job in await jobs(redis_client, app.keys)} == {"203.0.113.7"}
+
+
 async def test_log_payload_is_truncated_to_the_configured_size(
     receiver_client: ClientFactory, redis_client: Redis
 ) -> None:

@@ -205,7 +205,7 @@ def test_parse_payload_never_raises_anything_but_the_contract_error(
     xml_route: bool, content_type: str | None, body: bytes
 ) -> None:
     try:
-        fmt, _ = parse_payload(xml_route, content_type, body)
+        fmt = parse_payload(xml_route, content_type, body).format
     except PayloadError as exc:
         prefix = XML_PREFIX if exc.message.startswith(XML_PREFIX) else JSON_PREFIX
         assert_contract_error(exc, prefix)

@@ -16,6 +16,8 @@ PayloadFormat = Literal["json", "form", "xml"]
 JOB_FIELD = "job"
 
 
+_FRESH_JOB_TAIL = b',"attempt":0,"replayed":0,"deliveries":{}}'
+
 # Job ids need to be unique, not secret: a generator seeded from os.urandom (and again in a
 # forked child) gives 64 random bits without a system call per id.
 _ids = random.Random()
@@ -38,12 +40,30 @@ def new_job_json(
     format: PayloadFormat,
     headers: dict[str, str],
     payload: Any,
+    payload_json: bytes | None = None,
 ) -> bytes:
     """The stream entry of a fresh job: `Job(...).model_dump_json()`, byte for byte (tested),
     without building and validating the model, for the receiver's hot path.
 
+    `payload_json`, the payload's own JSON text (a body that is valid JSON the job parser
+    reads back as `payload`), is embedded as it is instead of encoding `payload` again.
     Raises `PydanticSerializationError` for a payload JSON cannot carry (nesting too deep).
     """
+    if payload_json is not None:
+        head = to_json(
+            {
+                "id": job_id,
+                "integration_id": integration_id,
+                "application": application,
+                "namespace": namespace,
+                "received_at": received_at,
+                "source_ip": source_ip,
+                "format": format,
+                "headers": headers,
+            },
+            inf_nan_mode="null",
+        )
+        return b'%b,"payload":%b%b' % (head[:-1], payload_json, _FRESH_JOB_TAIL)
     return to_json(
         {
             "id": job_id,

@@ -93,6 +93,19 @@ def truncate_payload(body: bytes, limit: int) -> tuple[str, bool]:
     return text, len(body) > limit
 
 
+def truncate_payload_bytes(body: bytes, limit: int) -> tuple[bytes, bool]:
+    """`truncate_payload`, UTF-8 encoded: a short valid body is returned as it is."""
+    if len(body) <= limit:
+        try:
+            body.decode()
+        except UnicodeDecodeError:
+            pass
+        else:
+            return body, False
+    text, truncated = truncate_payload(body, limit)
+    return text.encode(), truncated
+
+
 def add_record(pipe: Pipeline, keys: AppKeys, record: LogRecord, max_age_seconds: int) -> None:
     """Queue the commands that store a new record on a pipeline (no round trip here)."""
     key = keys.log_record(record.id)

@@ -210,15 +210,11 @@ async def _write_record_best_effort(
 # ---------------------------------------------------------------- the checks
 
 
-async def _admits(request: web.Request, app: AppRoute, sender: IPAddress | None) -> bool:
-    if sender is None:
+async def _admits_by_domain(request: web.Request, app: AppRoute, sender: IPAddress | None) -> bool:
+    """Whether a sender the IP entries refused belongs to a whitelisted domain (FCrDNS)."""
+    if sender is None or not app.whitelist.domains:
         return False
-    whitelist = app.whitelist
-    if whitelist.admits_ip(sender):
-        return True
-    if not whitelist.domains:
-        return False
-    admitted = await request.app[DNS_KEY].admits(sender, whitelist.domains)
+    admitted = await request.app[DNS_KEY].admits(sender, app.whitelist.domains)
     request.app[METRICS_KEY].dns_lookups.labels(result="admitted" if admitted else "refused").inc()
     return admitted
 
@@ -249,10 +245,17 @@ async def _authorize(
     candidates = (app,) if app is not None else routing.apps
     first_sender: IPAddress | None = None
     for candidate in candidates:
+        known = candidate.admitted.get((peer, forwarded))
+        if known is not None:
+            return candidate, known
         sender = sender_ip(peer, forwarded, candidate.trusted_proxies)
         if first_sender is None:
             first_sender = sender
-        if await _admits(request, candidate, sender):
+        if sender is not None and candidate.whitelist.admits_ip(sender):
+            shown = str(sender)
+            candidate.remember(peer, forwarded, shown)
+            return candidate, shown
+        if await _admits_by_domain(request, candidate, sender):  # cached by the DNS check
             return candidate, str(sender)
     shown = str(first_sender) if first_sender is not None else (peer or "unknown")
     raise WebhookError(
@@ -353,7 +356,9 @@ async def _receive(request: web.Request, *, xml_route: bool) -> web.Response:
             raise refuse(401, MSG_INVALID_SIGNATURE, body)
 
     try:
-        fmt, payload = parse_payload(xml_route, request.headers.get(hdrs.CONTENT_TYPE), body)
+        fmt, payload, verbatim = parse_payload(
+            xml_route, request.headers.get(hdrs.CONTENT_TYPE), body
+        )
     except PayloadError as exc:
         raise refuse(400, exc.message, body, "xml" if xml_route else "json") from None
 
@@ -369,6 +374,7 @@ async def _receive(request: web.Request, *, xml_route: bool) -> web.Response:
             format=fmt,
             headers=_selected_headers(request, target.headers) if target.headers else {},
             payload=payload,
+            payload_json=verbatim,
         )
     except (PydanticSerializationError, ValueError, RecursionError) as exc:
         template = MSG_INVALID_XML if fmt == "xml" else MSG_INVALID_JSON

@@ -64,6 +64,7 @@ SELECTED_HEADERS = frozenset(
     }
 )
 NEVER_COPIED = SIGNATURE_HEADERS | {"authorization", "proxy-authorization", "cookie"}
+MAX_ADMITTED = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,15 @@ class AppRoute:
     log_payload_bytes: int
     log_max_age_seconds: int
     log_max_records: int
+    admitted: dict[tuple[str | None, str | None], str] = field(default_factory=dict)
+    """(TCP peer, X-Forwarded-For) -> sender, for senders the IP whitelist admitted: a repeat
+    sender skips address parsing and matching. Lives as long as this routing (a config change
+    builds a new one), bounded by `MAX_ADMITTED`."""
+
+    def remember(self, peer: str | None, forwarded: str | None, sender: str) -> None:
+        if len(self.admitted) >= MAX_ADMITTED:
+            self.admitted.clear()
+        self.admitted[peer, forwarded] = sender
 
     @property
     def label(self) -> str:
