@@ -12,7 +12,7 @@ from redis.exceptions import RedisError, ResponseError
 from retrieve_core.config import SecretStore
 from retrieve_core.enqueue import Delivery, Enqueuer, Outcome
 from retrieve_core.job import JOB_FIELD
-from retrieve_core.keys import COUNTER_RECEIVED, AppKeys, counter_bucket
+from retrieve_core.keys import COUNTER_DUPLICATE, COUNTER_RECEIVED, AppKeys, counter_bucket
 from retrieve_core.logstore import LogRecord, LogStatus
 from retrieve_core.provider import ConfigProvider, ConfigSnapshot
 from tests.receiver.conftest import ClientFactory, make_app, make_integration, make_provider
@@ -83,9 +83,20 @@ async def test_one_batch_spans_applications_and_settles_each_caller(redis_client
     # Without a delivery id everything is queued; with one, once per application.
     assert outcomes.count(Outcome.QUEUED) == 30 + 3
     assert outcomes.count(Outcome.DUPLICATE) == 27
-    for keys in apps:
+    for index, keys in enumerate(apps):
         assert await redis_client.xlen(keys.jobs) == 10 + 1
         assert await redis_client.zcard(keys.log_index) == 20
+        totals: dict[bytes | str, int] = {}
+        for bucket in {counter_bucket(1_700_000_000.0 + n) for n in range(60)}:
+            for field, value in (
+                await redis_client.hgetall(keys.counters("ABC123", bucket))
+            ).items():
+                totals[field] = totals.get(field, 0) + int(value)
+            assert await redis_client.ttl(keys.counters("ABC123", bucket)) > 0
+        assert totals == {COUNTER_RECEIVED.encode(): 11, COUNTER_DUPLICATE.encode(): 9}
+        # The last accepted delivery of this application: n = 30 + index (the first "same").
+        last = await redis_client.hget(keys.last_received, "ABC123")
+        assert last == repr(1_700_000_000.0 + 30 + index).encode()
     await redis_client.script_flush()  # as after a Redis restart: NOSCRIPT, loaded again
     assert await enqueuer.store(apps[0], delivery(99)) is Outcome.QUEUED
 

@@ -45,7 +45,7 @@ MAX_BATCH: Final = 128
 
 # Per delivery: 3 keys (log record, counters, dedupe) and 9 arguments, after the call's own
 # 3 keys (jobs stream, log index, last-received) and 2 arguments (log max age, counters TTL).
-_CALL_KEYS: Final = 3
+_CALL_KEYS: Final = 3  # a call's deliveries are at most MAX_BATCH: `unpack` takes 2 per one
 _CALL_ARGS: Final = 2
 _DELIVERY_KEYS: Final = 3
 _DELIVERY_ARGS: Final = 9
@@ -77,7 +77,7 @@ def _lua_string(value: str) -> str:
 
 _SCRIPT: Final = f"""
 local max_age, counter_ttl = ARGV[1], ARGV[2]
-local results = {{}}
+local results, index, last, counts, counted = {{}}, {{}}, {{}}, {{}}, {{}}
 for i = 1, (#KEYS - {_CALL_KEYS}) / {_DELIVERY_KEYS} do
   local k = {_CALL_KEYS} + {_DELIVERY_KEYS} * (i - 1)
   local a = {_CALL_ARGS} + {_DELIVERY_ARGS} * (i - 1)
@@ -92,16 +92,33 @@ for i = 1, (#KEYS - {_CALL_KEYS}) / {_DELIVERY_KEYS} do
     if dedupe_ttl > 0 then
       redis.call('SET', KEYS[k + 3], job_id, 'EX', dedupe_ttl)
     end
-    redis.call('HSET', KEYS[3], integration_id, ts)
+    last[integration_id] = ts
     status, counter, err, outcome = {_lua_string(LogStatus.QUEUED)}, {_lua_string(COUNTER_RECEIVED)}, '', '1'
   end
   redis.call('HSET', KEYS[k + 1], {", ".join(f"'{name}', {expr}" for name, expr in _RECORD.items())})
   redis.call('EXPIRE', KEYS[k + 1], max_age)
-  redis.call('ZADD', KEYS[2], ts, job_id)
-  if redis.call('HINCRBY', KEYS[k + 2], counter, 1) == 1 then
-    redis.call('EXPIRE', KEYS[k + 2], counter_ttl)  -- every writer sets it on a field's first count
+  index[#index + 1] = ts
+  index[#index + 1] = job_id
+  local key = KEYS[k + 2]
+  if not counts[key] then
+    counts[key] = {{}}
+    counted[#counted + 1] = key
   end
+  counts[key][counter] = (counts[key][counter] or 0) + 1
   results[i] = outcome
+end
+-- What the deliveries share is written once per call: the log index, last-received times,
+-- counters (each counter bucket's TTL is set by whoever counts a field in it first).
+redis.call('ZADD', KEYS[2], unpack(index))
+for integration_id, ts in pairs(last) do
+  redis.call('HSET', KEYS[3], integration_id, ts)
+end
+for _, key in ipairs(counted) do
+  for field, n in pairs(counts[key]) do
+    if redis.call('HINCRBY', key, field, n) == n then
+      redis.call('EXPIRE', key, counter_ttl)
+    end
+  end
 end
 return table.concat(results)
 """  # noqa: E501 - generated Lua
