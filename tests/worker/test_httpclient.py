@@ -98,6 +98,31 @@ async def test_requests_share_a_keep_alive_connection_and_carry_what_was_asked(
     assert headers["User-Agent"] == "retrieve-test"
 
 
+async def test_requests_in_flight_are_bounded(serve: Serve) -> None:
+    current = peak = 0
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal current, peak
+        current += 1
+        peak = max(peak, current)
+        await asyncio.sleep(0.05)
+        current -= 1
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/", slow)
+    base = await serve(app)
+    bounded = DestinationClient(user_agent="t", max_connections=2)
+    try:
+        answers = await asyncio.gather(
+            *(bounded.request("POST", base + "/", {}, b"", 5) for _ in range(8))
+        )
+    finally:
+        await bounded.close()
+    assert [a.status for a in answers] == [200] * 8
+    assert peak == 2
+
+
 async def test_chunked_answers_are_read_and_long_ones_cut_at_the_read_limit(
     serve: Serve,
 ) -> None:

@@ -28,6 +28,8 @@ READ_LIMIT: Final = 64 * 1024
 DRAIN_LIMIT: Final = 1024 * 1024
 IDLE_SECONDS: Final = 15.0
 MAX_IDLE_PER_ORIGIN: Final = 256
+MAX_CONNECTIONS: Final = 256
+"""Requests in flight at once, over all destinations (each holds one connection)."""
 _FORBIDDEN_IN_HEADERS: Final = frozenset("\r\n\0")
 _OWN_HEADERS: Final = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "user-agent"}
@@ -158,7 +160,9 @@ class _NoAnswer(HttpError):
 
 
 class DestinationClient:
-    """Pooled keep-alive connections per origin; one request at a time per connection."""
+    """Pooled keep-alive connections per origin; one request at a time per connection, at
+    most `max_connections` requests in flight (a request waits for a slot within its timeout).
+    """
 
     def __init__(
         self,
@@ -168,6 +172,7 @@ class DestinationClient:
         drain_limit: int = DRAIN_LIMIT,
         ssl_context: ssl.SSLContext | None = None,
         idle_seconds: float = IDLE_SECONDS,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self._user_agent = user_agent
         self._read_limit = read_limit
@@ -177,6 +182,7 @@ class DestinationClient:
         self._idle: dict[_Origin, deque[_Connection]] = {}
         self._targets: dict[str, _Target] = {}
         self._closed = False
+        self._busy = asyncio.Semaphore(max_connections)
 
     async def request(
         self,
@@ -199,7 +205,7 @@ class DestinationClient:
             method.encode("ascii"), target.head, _encode_headers(headers),
             b"Content-Length: %d\r\n\r\n" % len(body), body,
         ))  # fmt: skip
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout), self._busy:
             for _ in range(2):
                 connection, reused = await self._acquire(target.origin)
                 try:
