@@ -8,10 +8,9 @@ out-of-memory Redis refuses the call before anything of it is stored; the caller
 after Redis replied. All keys of one call carry one application's hash tag, so the script is
 legal on Redis Cluster.
 
-Requests that arrive while a call is in flight go out together in the next one. This path is the
-receiver's hot path (it bounds webhooks per second), so the command is packed here, straight into
-RESP bytes, and sent on a connection of the client's pool: redis-py's generic packing and its
-per-command pipeline bookkeeping cost more than the rest of a request.
+Requests that arrive while a call is in flight go out together in the next one. This is the
+receiver's hot path (it bounds webhooks per second): the call is packed straight into RESP bytes
+(`retrieve_core.resp`).
 """
 
 from __future__ import annotations
@@ -25,8 +24,7 @@ from enum import IntEnum
 from typing import Any, Final
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 
 from .job import JOB_FIELD
 from .keys import (
@@ -37,6 +35,7 @@ from .keys import (
     counter_bucket,
 )
 from .logstore import LogStatus, truncate_payload_bytes
+from .resp import bulk, execute_packed
 
 log = logging.getLogger(__name__)
 
@@ -146,19 +145,15 @@ class Delivery:
     dedupe_ttl_seconds: int = 0
 
 
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(value), value)
-
-
 class _AppPrefix:
     """One application's keys, encoded once: the hot path only appends ids to them."""
 
     __slots__ = ("call_keys", "counters", "jobs", "log_record")
 
     def __init__(self, keys: AppKeys) -> None:
-        self.jobs = _bulk(keys.jobs.encode())
+        self.jobs = bulk(keys.jobs.encode())
         self.call_keys = (
-            self.jobs + _bulk(keys.log_index.encode()) + _bulk(keys.last_received.encode())
+            self.jobs + bulk(keys.log_index.encode()) + bulk(keys.last_received.encode())
         )
         self.log_record = keys.log_record_prefix.encode()
         self.counters = keys.counters_prefix.encode()
@@ -178,11 +173,11 @@ class _Call:
         n = len(self.futures)
         head = b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (
             3 + _CALL_KEYS + _CALL_ARGS + n * (_DELIVERY_KEYS + _DELIVERY_ARGS),
-            _bulk(sha),
-            _bulk(b"%d" % (_CALL_KEYS + n * _DELIVERY_KEYS)),
+            bulk(sha),
+            bulk(b"%d" % (_CALL_KEYS + n * _DELIVERY_KEYS)),
         )
         prefix = _prefix(self.keys)
-        common = _bulk(b"%d" % self.max_age) + _bulk(b"%d" % COUNTER_TTL_SECONDS)
+        common = bulk(b"%d" % self.max_age) + bulk(b"%d" % COUNTER_TTL_SECONDS)
         return b"".join((head, prefix.call_keys, *self.packed_keys, common, *self.packed_args))
 
 
@@ -210,7 +205,7 @@ def _pack_delivery(keys: AppKeys, delivery: Delivery) -> tuple[bytes, bytes]:
     dedupe = delivery.dedupe_id is not None and delivery.dedupe_ttl_seconds > 0
     if dedupe:
         assert delivery.dedupe_id is not None
-        dedupe_key = _bulk(keys.dedupe(delivery.integration_id, delivery.dedupe_id).encode())
+        dedupe_key = bulk(keys.dedupe(delivery.integration_id, delivery.dedupe_id).encode())
     else:
         dedupe_key = prefix.jobs  # a declared key the script never touches
     bucket = counter_bucket(delivery.received_at)
@@ -291,32 +286,8 @@ class Enqueuer:
             _settle(call, reply)
 
     async def _execute(self, calls: list[_Call]) -> list[Any]:
-        """Send every call in one write and read their replies; reconnect once if the
-        connection was lost (e.g. Redis restarted since it was last used)."""
         data = b"".join(call.command(self._sha) for call in calls)
-        try:
-            return await self._roundtrip(data, len(calls))
-        except (RedisConnectionError, ConnectionError):
-            return await self._roundtrip(data, len(calls))
-
-    async def _roundtrip(self, data: bytes, count: int) -> list[Any]:
-        pool = self._redis.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        completed = False
-        try:
-            await connection.send_packed_command(data, check_health=False)
-            replies: list[Any] = []
-            for _ in range(count):
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:  # an error reply, read in full
-                    replies.append(exc)
-            completed = True
-            return replies
-        finally:
-            if not completed:  # cancelled or failed mid-reply: its stream is out of step
-                await connection.disconnect(nowait=True)
-            await pool.release(connection)
+        return await execute_packed(self._redis, data, len(calls))
 
 
 def _noscript(reply: Any) -> bool:

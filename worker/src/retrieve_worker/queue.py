@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from pydantic_core import to_json
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from retrieve_core.job import JOB_FIELD
 from retrieve_core.keys import CONSUMER_GROUP, COUNTER_TTL_SECONDS, AppKeys, counter_bucket
+from retrieve_core.resp import bulk, execute_packed
 
 log = logging.getLogger(__name__)
 
@@ -47,40 +49,49 @@ class Finish(StrEnum):
     DEAD = "dead"  # record, add to the dead-letter stream, ack
 
 
-# The outcome of one delivery, in one atomic step: the log record is updated (only if it still
-# exists: a trimmed record must not come back half-empty), a retry is scheduled or a dead letter
-# added, and the entry is acked and deleted (so the stream length is the queue depth).
-# A job that failed for good (failed on purpose, 4xx, or dead-lettered) counts in its
-# integration's per-minute `failed` counter, and a dead letter in the per-integration count of
-# dead letters (replay decrements it): the operator reads both into Integration status.
-# KEYS: jobs, log record, delayed, delayed payloads, dead letters, counters bucket, dead counts
-#       (all of one hash tag).
-# ARGV[1]: a JSON array [group, entry id, mode, job id, job json, due time, integration id,
-#          error, failed at, [log field name, value, ...], failed (0/1), counter TTL]
-#          (one argument: cheap to send).
+# The outcomes of a batch of deliveries, in one atomic step: for each, the log record is
+# updated (only if it still exists: a trimmed record must not come back half-empty), a retry is
+# scheduled or a dead letter added; then every entry is acked and deleted (so the stream length
+# is the queue depth). A job that failed for good (failed on purpose, 4xx, or dead-lettered)
+# counts in its integration's per-minute `failed` counter, and a dead letter in the
+# per-integration count of dead letters (replay decrements it): the operator reads both into
+# Integration status.
+# KEYS: jobs, delayed, delayed payloads, dead letters, dead counts, then per outcome its log
+#       record and its counters bucket (all of one hash tag).
+# ARGV[1]: the consumer group, ARGV[2]: the counters' TTL, then per outcome a JSON array
+#          [entry id, mode, job id, job json, due time, integration id, error, failed at,
+#           [log field name, value, ...], failed (0/1)] (one argument each: cheap to send).
 FINISH_SCRIPT = """
-local a = cjson.decode(ARGV[1])
-local fields = a[10]
-if #fields > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('HSET', KEYS[2], unpack(fields))
+local ids = {}
+for i = 3, #ARGV do
+  local a = cjson.decode(ARGV[i])
+  local record, counters = KEYS[6 + 2 * (i - 3)], KEYS[7 + 2 * (i - 3)]
+  local fields = a[9]
+  if #fields > 0 and redis.call('EXISTS', record) == 1 then
+    redis.call('HSET', record, unpack(fields))
+  end
+  if a[2] == 'retry' then
+    redis.call('HSET', KEYS[3], a[3], a[4])
+    redis.call('ZADD', KEYS[2], a[5], a[3])
+  elseif a[2] == 'dead' then
+    redis.call('XADD', KEYS[4], '*', 'job', a[4], 'integration_id', a[6], 'error', a[7],
+               'failed_at', a[8])
+    redis.call('HINCRBY', KEYS[5], a[6], 1)
+  end
+  if a[10] == 1 and a[6] ~= '' then
+    if redis.call('HINCRBY', counters, 'failed', 1) == 1 then
+      redis.call('EXPIRE', counters, ARGV[2])
+    end
+  end
+  ids[#ids + 1] = a[1]
 end
-if a[3] == 'retry' then
-  redis.call('HSET', KEYS[4], a[4], a[5])
-  redis.call('ZADD', KEYS[3], a[6], a[4])
-elseif a[3] == 'dead' then
-  redis.call('XADD', KEYS[5], '*', 'job', a[5], 'integration_id', a[7], 'error', a[8],
-             'failed_at', a[9])
-  redis.call('HINCRBY', KEYS[7], a[7], 1)
-end
-if a[11] == 1 and a[7] ~= '' then
-  redis.call('HINCRBY', KEYS[6], 'failed', 1)
-  redis.call('EXPIRE', KEYS[6], a[12])
-end
-redis.call('XACK', KEYS[1], a[1], a[2])
-redis.call('XDEL', KEYS[1], a[2])
-return 1
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+redis.call('XDEL', KEYS[1], unpack(ids))
+return #ids
 """
-FINISH_SHA = hashlib.sha1(FINISH_SCRIPT.encode()).hexdigest()
+FINISH_SHA = hashlib.sha1(FINISH_SCRIPT.encode()).hexdigest().encode()
+_FINISH_KEYS = 5
+_OUTCOME_KEYS = 2
 
 
 def encode_log_fields(fields: Mapping[str, Any]) -> list[str]:
@@ -106,10 +117,10 @@ class Completion:
     failed: bool = False
     """The job failed for good (counted in the integration's `failed` counter)."""
 
-    def args(self, keys: AppKeys) -> tuple[Any, ...]:
+    def packed(self, keys: AppKeys) -> tuple[bytes, bytes]:
+        """This outcome's two keys and its argument, as RESP bulk strings."""
         now = time.time()
-        packed = [
-            CONSUMER_GROUP,
+        argument = [
             self.entry_id,
             self.mode.value,
             self.job_id,
@@ -120,19 +131,12 @@ class Completion:
             repr(now),
             encode_log_fields(self.log_fields) if self.log_fields else [],
             1 if self.failed or self.mode is Finish.DEAD else 0,
-            COUNTER_TTL_SECONDS,
         ]
+        record = keys.log_record(self.job_id or "-")
+        counters = keys.counters(self.integration_id or "-", counter_bucket(now))
         return (
-            FINISH_SHA,
-            7,
-            keys.jobs,
-            keys.log_record(self.job_id or "-"),
-            keys.delayed,
-            keys.delayed_payloads,
-            keys.dead_letters,
-            keys.counters(self.integration_id or "-", counter_bucket(now)),
-            keys.dead_counts,
-            json.dumps(packed, separators=(",", ":")),
+            bulk(record.encode()) + bulk(counters.encode()),
+            bulk(to_json(argument)),
         )
 
 
@@ -178,7 +182,6 @@ class Committer:
         self.max_batch = max_batch
         self._pending: list[tuple[Completion, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._loaded = False
 
     async def commit(self, outcome: Completion) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -203,25 +206,29 @@ class Committer:
                     raise
 
     async def _execute(self, batch: list[tuple[Completion, asyncio.Future[None]]]) -> None:
-        if not self._loaded:
+        """One script call for the batch; a failed call fails each of its callers (their
+        entries stay pending and are delivered again: at least once)."""
+        packed = [outcome.packed(self.keys) for outcome, _ in batch]
+        keys = self.keys
+        data = b"*%d\r\n$7\r\nEVALSHA\r\n%b%b%b%b%b%b" % (
+            3 + _FINISH_KEYS + len(batch) * _OUTCOME_KEYS + 2 + len(batch),
+            bulk(FINISH_SHA),
+            bulk(b"%d" % (_FINISH_KEYS + len(batch) * _OUTCOME_KEYS)),
+            b"".join(bulk(k.encode()) for k in (
+                keys.jobs, keys.delayed, keys.delayed_payloads, keys.dead_letters, keys.dead_counts
+            )) + b"".join(k for k, _ in packed),
+            bulk(CONSUMER_GROUP.encode()),
+            bulk(b"%d" % COUNTER_TTL_SECONDS),
+            b"".join(a for _, a in packed),
+        )  # fmt: skip
+        [reply] = await execute_packed(self.redis, data, 1)
+        if isinstance(reply, NoScriptError):  # Redis restarted or flushed its scripts
             await self.redis.script_load(FINISH_SCRIPT)
-            self._loaded = True
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for outcome, _ in batch:
-                pipe.execute_command("EVALSHA", *outcome.args(self.keys))
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        again = [
-            item
-            for item, reply in zip(batch, replies, strict=True)
-            if isinstance(reply, NoScriptError)  # Redis restarted or flushed its scripts
-        ]
-        for (_, future), reply in zip(batch, replies, strict=True):
-            if future.done() or isinstance(reply, NoScriptError):
+            [reply] = await execute_packed(self.redis, data, 1)
+        for _, future in batch:
+            if future.done():
                 continue
             if isinstance(reply, Exception):
                 future.set_exception(reply)
             else:
                 future.set_result(None)
-        if again:
-            self._loaded = False
-            await self._execute(again)
