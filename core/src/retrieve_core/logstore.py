@@ -114,25 +114,14 @@ def add_record(pipe: Pipeline, keys: AppKeys, record: LogRecord, max_age_seconds
     pipe.zadd(keys.log_index, {record.id: record.ts})
 
 
-def update_fields(pipe: Pipeline, keys: AppKeys, record_id: str, fields: Mapping[str, Any]) -> None:
-    """Queue an update of a record with the processing result (no-op if it was trimmed)."""
-    encoded = {
-        name: value if isinstance(value, str) else json.dumps(value)
-        for name, value in fields.items()
-    }
-    encoded["updated_at"] = json.dumps(time.time())
-    key = keys.log_record(record_id)
-    # Only update a record that still exists: a trimmed record must not come back half-empty.
-    pipe.eval(_UPDATE_IF_EXISTS, 1, key, *[x for kv in encoded.items() for x in kv])
-
-
-_UPDATE_IF_EXISTS = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], unpack(ARGV))
-  return 1
-end
-return 0
-"""
+def encode_update(fields: Mapping[str, Any]) -> list[str]:
+    """A record's processing result as hash fields (JSON unless a string), flattened, with
+    `updated_at`: the worker's outcome script writes them if the record still exists."""
+    flat: list[str] = []
+    for name, value in fields.items():
+        flat += (name, value if isinstance(value, str) else json.dumps(value))
+    flat += ("updated_at", json.dumps(time.time()))
+    return flat
 
 
 def _text(value: bytes | str) -> str:

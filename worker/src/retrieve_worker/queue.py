@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from retrieve_core.job import JOB_FIELD
 from retrieve_core.keys import CONSUMER_GROUP, COUNTER_TTL_SECONDS, AppKeys, counter_bucket
+from retrieve_core.logstore import encode_update
 from retrieve_core.resp import bulk, execute_packed
 
 log = logging.getLogger(__name__)
@@ -94,15 +94,6 @@ _FINISH_KEYS = 5
 _OUTCOME_KEYS = 2
 
 
-def encode_log_fields(fields: Mapping[str, Any]) -> list[str]:
-    """Log fields as `logstore.update_fields` writes them (JSON unless a string), flattened."""
-    flat: list[str] = []
-    for name, value in fields.items():
-        flat += (name, value if isinstance(value, str) else json.dumps(value))
-    flat += ("updated_at", json.dumps(time.time()))
-    return flat
-
-
 @dataclass(frozen=True, slots=True)
 class Completion:
     entry_id: str
@@ -129,7 +120,7 @@ class Completion:
             self.integration_id,
             self.error[:2000],
             repr(now),
-            encode_log_fields(self.log_fields) if self.log_fields else [],
+            encode_update(self.log_fields) if self.log_fields else [],
             1 if self.failed or self.mode is Finish.DEAD else 0,
         ]
         record = keys.log_record(self.job_id or "-")
