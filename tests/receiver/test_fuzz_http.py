@@ -388,6 +388,6 @@ async def test_hostile_requests_get_contract_answers_and_the_receiver_stays_up(
     assert failures == []
     assert after.status == 200
     assert rss_after - rss_before < RSS_GROWTH_LIMIT_KIB
-    # Our code never failed: no 500 from the error middleware, no traceback but aiohttp's own.
+    # Our code never failed: no 500 from `answered`, no traceback but aiohttp's own.
     assert "unexpected error" not in output
     assert output.count("Traceback") == parser_errors

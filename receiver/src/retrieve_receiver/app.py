@@ -1,8 +1,8 @@
 """The public webhook app: `POST /integration/{id}` and `POST /integration/{id}/xml`.
 
 Checks run in the contract's order (DESIGN.md): sender whitelist, integration, size, signature,
-parse, (dedupe), enqueue. Refusals are `WebhookError`s; one middleware turns every error into
-the contract's JSON, writes the request's log record and counts it.
+parse, (dedupe), enqueue. Refusals are `WebhookError`s; `answered`, around every route, turns
+every error into the contract's JSON, writes the request's log record and counts it.
 """
 
 from __future__ import annotations
@@ -424,13 +424,6 @@ async def _check_rate_limits(
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
-    if exc.status == 405:
-        allow = exc.headers.get(hdrs.ALLOW)
-        return failure(
-            405,
-            MSG_METHOD_NOT_ALLOWED.format(method=request.method),
-            {hdrs.ALLOW: allow} if allow else None,
-        )
     if exc.status == 404:
         return failure(404, "Not found")
     if exc.status == 413:
@@ -441,36 +434,55 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every answer is the contract's JSON; every answered webhook is counted and timed."""
-    started = time.perf_counter()
-    try:
-        response = await handler(request)
-    except WebhookError as exc:
-        response = failure(exc.status, exc.message, exc.headers)
-        if exc.status == 503:
-            request.app[METRICS_KEY].enqueue_failures.inc()
-        if exc.app is not None:
-            await _log_refusal(request, exc)
-    except web.HTTPException as exc:
-        response = _http_error(request, exc)
-    except ConnectionResetError:
-        # The sender closed the connection before its body was complete: nobody will read an
-        # answer, and it is not our error (no traceback, not a 500 in the metrics).
-        log.info("%s %s: connection closed before the body was complete", request.method,
-                 request.path)  # fmt: skip
-        response = failure(400, MSG_BODY_INCOMPLETE)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        response = failure(500, "Internal error")
-    integration_id = request.match_info.get("id")
-    known = integration_id is not None and request.app[ROUTES_KEY].is_known(integration_id)
-    label = integration_id if known and integration_id else UNKNOWN_INTEGRATION
-    request.app[METRICS_KEY].observe(label, response.status, time.perf_counter() - started)
-    return response
+def answered(handler: Handler) -> Handler:
+    """`handler` answering the contract's JSON whatever happens, counted and timed.
+
+    This is what an error middleware would do, at a fraction of the cost: with any middleware
+    aiohttp wraps every request in two more coroutine layers, which took about a quarter of a
+    bare request's CPU time. Every route of the app is wrapped, including the ones that
+    answer 404 and 405, so no answer comes from aiohttp's own handling.
+    """
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            response = await handler(request)
+        except WebhookError as exc:
+            response = failure(exc.status, exc.message, exc.headers)
+            if exc.status == 503:
+                request.app[METRICS_KEY].enqueue_failures.inc()
+            if exc.app is not None:
+                await _log_refusal(request, exc)
+        except web.HTTPException as exc:
+            response = _http_error(request, exc)
+        except ConnectionResetError:
+            # The sender closed the connection before its body was complete: nobody will read
+            # an answer, and it is not our error (no traceback, not a 500 in the metrics).
+            log.info("%s %s: connection closed before the body was complete", request.method,
+                     request.path)  # fmt: skip
+            response = failure(400, MSG_BODY_INCOMPLETE)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            response = failure(500, "Internal error")
+        integration_id = request.match_info.get("id")
+        known = integration_id is not None and request.app[ROUTES_KEY].is_known(integration_id)
+        label = integration_id if known and integration_id else UNKNOWN_INTEGRATION
+        request.app[METRICS_KEY].observe(label, response.status, time.perf_counter() - started)
+        return response
+
+    return answer
+
+
+async def method_not_allowed(request: web.Request) -> web.Response:
+    return failure(
+        405, MSG_METHOD_NOT_ALLOWED.format(method=request.method), {hdrs.ALLOW: hdrs.METH_POST}
+    )
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return failure(404, "Not found")
 
 
 async def _log_refusal(request: web.Request, exc: WebhookError) -> None:
@@ -499,7 +511,7 @@ def init_app(
     metrics: ReceiverMetrics | None = None,
 ) -> web.Application:
     """The public webhook app. Share `metrics` with `init_admin_app` to expose them there."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     app[SETTINGS_KEY] = settings
     app[PROVIDER_KEY] = provider
     app[ROUTES_KEY] = RoutingCache(provider, settings)
@@ -507,6 +519,9 @@ def init_app(
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_dns_ctx)
     app.cleanup_ctx.append(_trim_logs_ctx)
-    app.router.add_post("/integration/{id}", receive_json, name="integration")
-    app.router.add_post("/integration/{id}/xml", receive_xml, name="integration-xml")
+    app.router.add_post("/integration/{id}", answered(receive_json), name="integration")
+    app.router.add_route("*", "/integration/{id}", answered(method_not_allowed))
+    app.router.add_post("/integration/{id}/xml", answered(receive_xml), name="integration-xml")
+    app.router.add_route("*", "/integration/{id}/xml", answered(method_not_allowed))
+    app.router.add_route("*", "/{path:.*}", answered(not_found))
     return app

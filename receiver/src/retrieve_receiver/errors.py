@@ -25,7 +25,7 @@ def failure(status: int, message: str, headers: dict[str, str] | None = None) ->
 
 @dataclass(eq=False)
 class WebhookError(Exception):
-    """A refused request. The error middleware answers it and writes its log record."""
+    """A refused request. `app.answered` answers it and writes its log record."""
 
     status: int
     message: str
