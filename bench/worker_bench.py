@@ -1,8 +1,9 @@
 """Worker throughput benchmark (a script, not a test).
 
 Starts a private `redis-server` on a free port and an HTTP sink in a child process, enqueues N
-jobs the way the receiver does (log record + XADD in one MULTI), then runs one Worker in this
-process and reports jobs/s for (a) field mapping only and (b) a JS rewrite + field mapping.
+jobs (log record + stream entry, as the receiver stores them), then runs one Worker in this
+process, on the event loop `retrieve worker` uses, and reports jobs/s for (a) field mapping only
+and (b) a JS rewrite + field mapping.
 
     python bench/worker_bench.py --jobs 20000 [--concurrency 128] [--profile]
 """
