@@ -203,6 +203,32 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced(
     assert connections == 10
 
 
+async def test_a_request_on_a_connection_dropped_unanswered_goes_once_more_on_a_new_one(
+    raw_server: Callable[[RawHandler], Awaitable[str]], client: DestinationClient
+) -> None:
+    """The keep-alive race, made certain: each connection answers one request, then takes the
+    next one and hangs up without a word (as a server closing an idle connection does)."""
+    requests = 0
+
+    async def one_answer_then_drop(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        nonlocal requests
+        await _read_request(reader)
+        requests += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await _read_request(reader)
+        requests += 1
+        writer.close()
+
+    base = await raw_server(one_answer_then_drop)
+    first = await client.request("POST", base + "/", {}, b"{}", 5)
+    second = await client.request("POST", base + "/", {}, b"{}", 5)
+    assert (first.status, second.status) == (200, 200)
+    assert requests == 3  # the second was sent twice: dropped unanswered, then answered
+
+
 async def test_a_server_that_hangs_up_without_answering_is_an_error(
     raw_server: Callable[[RawHandler], Awaitable[str]], client: DestinationClient
 ) -> None:

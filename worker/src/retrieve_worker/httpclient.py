@@ -206,21 +206,25 @@ class DestinationClient:
             b"Content-Length: %d\r\n\r\n" % len(body), body,
         ))  # fmt: skip
         async with asyncio.timeout(timeout), self._busy:
-            for _ in range(2):
-                connection, reused = await self._acquire(target.origin)
-                try:
-                    answer = await connection.exchange(data)
-                except _NoAnswer:
-                    connection.close()
-                    if reused:
-                        continue
+            connection, reused = await self._acquire(target.origin)
+            try:
+                return await self._exchange(target.origin, connection, data)
+            except _NoAnswer:
+                if not reused:
                     raise
-                except BaseException:
-                    connection.close()  # cancelled or failed mid-exchange: out of step
-                    raise
-                self._release(target.origin, connection)
-                return answer
-        raise HttpError("connection closed before any answer")  # pragma: no cover - the loop
+            # The server had closed that idle connection meanwhile (the keep-alive race):
+            # nothing of an answer came, so the request goes once more, on a new connection.
+            connection, _ = await self._acquire(target.origin, fresh=True)
+            return await self._exchange(target.origin, connection, data)
+
+    async def _exchange(self, origin: _Origin, connection: _Connection, data: bytes) -> Answer:
+        try:
+            answer = await connection.exchange(data)
+        except BaseException:
+            connection.close()  # failed or cancelled mid-exchange: out of step for good
+            raise
+        self._release(origin, connection)
+        return answer
 
     async def close(self) -> None:
         self._closed = True
@@ -237,8 +241,8 @@ class DestinationClient:
             target = self._targets[url] = _parse_target(url, self._user_agent)
         return target
 
-    async def _acquire(self, origin: _Origin) -> tuple[_Connection, bool]:
-        idle = self._idle.get(origin)
+    async def _acquire(self, origin: _Origin, fresh: bool = False) -> tuple[_Connection, bool]:
+        idle = None if fresh else self._idle.get(origin)
         now = time.monotonic()
         while idle:
             connection = idle.pop()  # the most recently used: the least likely to be stale
