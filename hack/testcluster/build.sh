@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build (once, cached) the real control-plane binaries used by the tests:
-#   kube-apiserver, kube-controller-manager, kubectl  (k8s.io/kubernetes, wrapper module k8s/)
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (k8s.io/kubernetes, wrapper k8s/)
+#   kubelet, kube-proxy (the node, hack/node/)                         (same module and version)
 #   etcd                                              (go.etcd.io/etcd/server/v3, wrapper module etcd/)
 #   helm                                              (helm.sh/helm/v3/cmd/helm, wrapper module helm/)
 # Versions come from versions.env. Everything (GOMODCACHE, GOCACHE, binaries) lives under
@@ -19,7 +20,7 @@ source "$here/versions.env"
 
 cache="${RETRIEVE_TESTCLUSTER_CACHE:-$HOME/.cache/retrieve-testcluster}"
 bin_dir="$cache/bin-${K8S_VERSION}-etcd${ETCD_VERSION}-helm${HELM_VERSION}"
-binaries=(kube-apiserver kube-controller-manager kubectl etcd helm)
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd helm)
 
 have_all() {
     local b
@@ -86,7 +87,7 @@ tmp="$(mktemp -d "$cache/tmp-bin.XXXXXX")"
 chmod 755 "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 
-# --- Kubernetes: kube-apiserver, kube-controller-manager, kubectl ---------------------------------
+# --- Kubernetes: control plane and node binaries ---------------------------------
 k8s_ver="${K8S_VERSION#v}"
 k8s_major="${k8s_ver%%.*}"
 k8s_minor="$(echo "$k8s_ver" | cut -d. -f2)"
@@ -97,11 +98,14 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     k8s_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
 done
 t0=$(date +%s)
-log "building kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION"
+log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy $K8S_VERSION"
 (cd "$here/k8s" && go build -trimpath -ldflags "$k8s_ldflags" -o "$tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kubectl)
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubectl \
+    k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy)
 log "kubernetes binaries: $(($(date +%s) - t0)) s"
 
 # --- etcd -------------------------------------------------------------------------------------------
