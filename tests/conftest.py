@@ -8,6 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.support.processes import Sink
+from tests.support.redis_cluster import ClusterServers, SentinelServers
 from tests.support.redis_server import RedisServer
 
 
@@ -29,6 +30,20 @@ def private_redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterServers]:
+    """A real 3-master, 3-replica Redis Cluster for the session (tests use unique app names)."""
+    with ClusterServers() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_sentinel() -> Iterator[SentinelServers]:
+    """A primary, a replica and three sentinels of the test's own (tests fail it over)."""
+    with SentinelServers() as servers:
+        yield servers
 
 
 @pytest.fixture

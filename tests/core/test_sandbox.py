@@ -14,6 +14,7 @@ from retrieve_core.models import IntegrationSpec, RewriteSpec, RewriteTest
 from retrieve_core.sandbox import (
     MAX_CONSOLE_LINES,
     RewriteError,
+    RewriteResult,
     Sandbox,
     code_key,
     json_differences,
@@ -109,6 +110,73 @@ async def test_a_huge_allocation_is_a_memory_error_not_a_crash() -> None:
         assert caught.value.kind == "memory"
         assert "memory limit of 16 MiB" in str(caught.value)
         assert (await sandbox.run(key, spec, job_data({}))).data == "fine"
+
+
+TYPED = [
+    "ArrayBuffer", "SharedArrayBuffer", "DataView", "Atomics", "Int8Array", "Uint8Array",
+    "Uint8ClampedArray", "Int16Array", "Uint16Array", "Int32Array", "Uint32Array",
+    "Float32Array", "Float64Array", "BigInt64Array", "BigUint64Array", "WebAssembly",
+]  # fmt: skip
+
+
+async def test_no_allocation_escapes_the_heap_limit_through_array_buffers() -> None:
+    """Before: ArrayBuffer memory was outside the heap limit; a rewrite limited to 16 MiB
+    filled 256 MiB of typed arrays and succeeded (issue 12, defect 2)."""
+    spec = RewriteSpec(
+        javascript="const kept = [];"
+        " for (let i = 0; i < 16; i++) kept.push(new Uint8Array(16 * 1024 * 1024).fill(7));"
+        " return {jobStatus: 1, data: kept.length};",
+        memory_mib=16,
+        timeout_ms=10_000,
+    )
+    async with Sandbox() as sandbox:
+        with pytest.raises(RewriteError) as caught:
+            await sandbox.run(code_key("buffers", spec), spec, job_data({}))
+        assert caught.value.kind == "thrown"
+        assert "Uint8Array is not defined" in str(caught.value)
+        names = ", ".join(f"typeof {name}" for name in TYPED)
+        result = await run(f"return {{jobStatus: 1, data: [{names}]}};")
+        assert result.data == ["undefined"] * len(TYPED)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        "Array.prototype.join = () => 'x';",
+        "Array.prototype.map = function () { return []; };",
+        "JSON.stringify = () => '{}';",
+        "Object.prototype.toJSON = function () { return 'owned'; };",
+        "String = function () { return ''; };",
+    ],
+)
+async def test_a_function_that_breaks_a_builtin_gets_a_clear_error_and_a_fresh_isolate(
+    tamper: str,
+) -> None:
+    """Before: every later job of the integration failed with a JSONDecodeError."""
+    spec = RewriteSpec(
+        javascript=f"if (jobData.job.data.data.tamper) {{ {tamper} }}"
+        " return {jobStatus: 1, data: [jobData.job.data.data.n]};"
+    )
+    key = code_key("tamper", spec)
+    async with Sandbox() as sandbox:
+        assert (await sandbox.run(key, spec, job_data({"n": 1}))).data == [1]
+        with pytest.raises(RewriteError) as caught:
+            await sandbox.run(key, spec, job_data({"n": 2, "tamper": True}))
+        assert caught.value.kind == "tampered"
+        assert str(caught.value) == (
+            "rewrite function changed a built-in the sandbox relies on (JSON, Reflect, "
+            "Array.prototype, String.prototype, or a toJSON on a prototype); "
+            "its isolate was recycled"
+        )
+        for n in (3, 4):  # the next jobs run in a new isolate, unharmed
+            assert (await sandbox.run(key, spec, job_data({"n": n}))).data == [n]
+        # In a batch, only the job that breaks the isolate fails.
+        payloads = [{"n": n, "tamper": n == 2} for n in range(5)]
+        results = await asyncio.gather(
+            *(sandbox.run(key, spec, job_data(p)) for p in payloads), return_exceptions=True
+        )
+        shown = [r.data if isinstance(r, RewriteResult) else getattr(r, "kind", r) for r in results]
+        assert shown == [[0], [1], "tampered", [3], [4]]
 
 
 async def test_the_loop_keeps_running_while_javascript_runs() -> None:

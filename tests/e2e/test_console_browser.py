@@ -98,7 +98,11 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 
 def admin_json(server: DevServer, path: str) -> Any:
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.admin_port}{path}", timeout=5) as r:
+    """An admin API answer; the log API, like the console, needs the token."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.admin_port}{path}", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as r:
         return json.loads(r.read())
 
 

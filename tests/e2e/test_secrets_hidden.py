@@ -39,6 +39,7 @@ STRIPE = "whsec_stripeSECRET0d5e1cdonotleak"
 STANDARD_KEY = b"std-webhooks-SECRET-key-9b2e"
 STANDARD = "whsec_" + base64.b64encode(STANDARD_KEY).decode()
 ROTATED_OUT = "old-SECRET-rotated-2c4f8a"
+CONSOLE_TOKEN = "secrets-hidden-console-token"
 SECRETS = {"github": GITHUB, "shopify": SHOPIFY, "stripe": STRIPE, "standard": STANDARD}
 
 
@@ -139,7 +140,11 @@ async def test_secret_values_appear_in_no_log_record_key_metric_or_output(
 ) -> None:
     config = write_config(tmp_path / "config", sink.url, manifests())
     sink.status = 500  # every delivery fails: the error paths are exercised too
-    env = {"RETRIEVE_DNS_SERVERS": f"127.0.0.1:{dns_server.port}", "RETRIEVE_LOG_LEVEL": "DEBUG"}
+    env = {
+        "RETRIEVE_DNS_SERVERS": f"127.0.0.1:{dns_server.port}",
+        "RETRIEVE_LOG_LEVEL": "DEBUG",
+        "RETRIEVE_CONSOLE_TOKEN": CONSOLE_TOKEN,
+    }
     server = DevServer(config, private_redis_server.url, env).start()
     base = f"{server.url}/integration"
     body = b'{"id": "evt_1", "order": 1}'
@@ -224,7 +229,8 @@ async def test_secret_values_appear_in_no_log_record_key_metric_or_output(
             async with session.get(f"http://127.0.0.1:{server.admin_port}/metrics") as answer:
                 metrics = await answer.read()
             async with session.get(
-                f"http://127.0.0.1:{server.admin_port}/api/logs?limit=1000"
+                f"http://127.0.0.1:{server.admin_port}/api/logs?limit=1000",
+                headers={"Authorization": f"Bearer {CONSOLE_TOKEN}"},
             ) as answer:
                 api_logs = await answer.read()
         redis_dump = await dump_redis(private_redis_server.url)
@@ -237,6 +243,7 @@ async def test_secret_values_appear_in_no_log_record_key_metric_or_output(
     assert b"/integration/SECSTD1" in output
     assert b"SECGH1" in redis_dump
     assert b"dead_letter" in logs.stdout
+    assert b"SECGH1" in api_logs
     assert_hidden("process output (banner and logs)", output)
     assert_hidden("retrieve logs --json", logs.stdout + logs.stderr)
     assert_hidden("the admin log API", api_logs)

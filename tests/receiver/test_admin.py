@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from retrieve_core.config import SecretStore
 from retrieve_core.provider import ConfigProvider
 from retrieve_receiver.admin import init_admin_app
+from retrieve_receiver.console import ConsoleSettings
 from retrieve_receiver.metrics import ReceiverMetrics
 from retrieve_receiver.settings import ReceiverSettings
 from tests.receiver.conftest import ClientFactory, make_app, make_integration, make_provider
@@ -19,14 +20,26 @@ from tests.support.redis_server import RedisServer
 pytestmark = pytest.mark.redis
 
 
+TOKEN = "admin-test-token"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
 async def admin_client(
     aiohttp_client: AiohttpClient,
     provider: ConfigProvider,
     redis_url: str,
     metrics: ReceiverMetrics | None = None,
+    *,
+    token: str | None = TOKEN,
+    admin_hosts: tuple[str, ...] = (),
 ) -> TestClient[web.Request, web.Application]:
+    """The admin app; with a console `token`, requests carry it unless they say otherwise."""
     settings = ReceiverSettings(redis_url=redis_url, redis_timeout=0.5)
-    return await aiohttp_client(init_admin_app(settings, provider, metrics=metrics))
+    if admin_hosts:
+        settings = settings.with_overrides(admin_hosts=admin_hosts)
+    console = ConsoleSettings(token=token) if token is not None else None
+    app = init_admin_app(settings, provider, metrics=metrics, console=console)
+    return await aiohttp_client(app, headers=BEARER if token is not None else None)
 
 
 async def test_healthz_answers_while_alive(
@@ -174,3 +187,81 @@ async def test_log_api_needs_an_app_when_several_are_served(
     assert (await (await admin.get("/api/logs", params={"app": "blog"})).json())[
         "application"
     ] == "blog"
+
+
+async def test_log_api_needs_the_console_token_and_probes_and_metrics_stay_open(
+    aiohttp_client: AiohttpClient,
+    receiver_client: ClientFactory,
+    redis_server: RedisServer,
+) -> None:
+    """Before: `/api/logs` answered every payload to anyone reaching the port (issue 12, 3)."""
+    app = make_app(integrations=[make_integration("A1")])
+    provider = make_provider(app)
+    client = await receiver_client(provider)
+    assert (await client.post("/integration/A1", json={"card": "4111"})).status == 200
+    admin = await admin_client(aiohttp_client, provider, redis_server.url, token=None)
+    closed = await admin_client(aiohttp_client, provider, redis_server.url)
+    anonymous = {"Authorization": ""}
+
+    for headers in (anonymous, {"Authorization": "Bearer wrong"}):
+        refused = await closed.get("/api/logs", headers=headers)
+        assert refused.status == 401
+        assert await refused.json() == {"result": False, "error": "Console token required"}
+    # No console token configured: the log API stays closed, there is nothing to present.
+    assert (await admin.get("/api/logs")).status == 401
+    assert (await admin.get("/api/logs", headers=BEARER)).status == 401
+
+    allowed = await closed.get("/api/logs")
+    assert allowed.status == 200
+    assert "4111" in (await allowed.json())["records"][0]["payload"]
+    for client_ in (admin, closed):
+        for path in ("/healthz", "/readyz", "/metrics"):
+            answer = await client_.get(path, headers={**anonymous, "Host": "evil.example"})
+            assert answer.status == 200, path
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.1:8081", True),
+        ("localhost:8081", True),
+        ("[::1]:8081", True),
+        ("10.244.1.7:8081", True),
+        ("evil.example:8081", False),
+        ("localhost.evil.example", False),
+        ("yourapp-receiver.shop.svc.evil.example", False),
+        ("", False),
+    ],
+)
+async def test_the_admin_port_refuses_a_host_header_it_does_not_answer_to(
+    aiohttp_client: AiohttpClient, redis_server: RedisServer, host: str, allowed: bool
+) -> None:
+    """A page whose name was rebound to the admin address sends its own name (DNS rebinding)."""
+    provider = make_provider(make_app(integrations=[make_integration("A1")]))
+    admin = await admin_client(aiohttp_client, provider, redis_server.url)
+    for path in ("/api/logs", "/console/api/overview"):
+        answer = await admin.get(path, headers={"Host": host})
+        if allowed:
+            assert answer.status == 200, (host, path)
+        else:
+            assert answer.status == 403, (host, path)
+            assert await answer.json() == {
+                "result": False,
+                "error": "Host not allowed on the admin port",
+            }
+
+
+async def test_admin_host_names_are_allowed_by_name_or_by_suffix(
+    aiohttp_client: AiohttpClient, redis_server: RedisServer
+) -> None:
+    provider = make_provider(make_app(integrations=[make_integration("A1")]))
+    admin = await admin_client(
+        aiohttp_client, provider, redis_server.url, admin_hosts=(".svc", "admin.internal")
+    )
+    for host, status in (
+        ("yourapp-receiver.shop.svc:8081", 200),
+        ("ADMIN.internal.", 200),
+        ("other.internal", 403),
+        ("svc", 403),
+    ):
+        assert (await admin.get("/api/logs", headers={"Host": host})).status == status, host

@@ -226,6 +226,27 @@ async def test_deeply_nested_json_is_refused_not_a_500(receiver_client: ClientFa
         assert (await response.json())["error"].startswith("Invalid JSON payload: ")
 
 
+async def test_a_json_number_past_a_doubles_range_gets_400_and_no_job(
+    receiver_client: ClientFactory, redis_client: Redis
+) -> None:
+    """Before: accepted and delivered as `Infinity`, which is not JSON (issue 12, defect 6)."""
+    app = make_app(integrations=[make_integration("ABC123")])
+    client = await receiver_client(make_provider(app))
+    for number in ("1e400", "-2.5E+308", "1" + "0" * 400 + ".5"):
+        body = f'{{"order": {{"id": 1, "total": {number}}}}}'
+        response = await client.post("/integration/ABC123", data=body)
+        shown = number if len(number) <= 40 else number[:40] + "..."
+        assert response.status == 400
+        assert await response.json() == error(
+            f"Invalid JSON payload: number {shown} is out of range"
+        )
+    fine = await client.post(
+        "/integration/ABC123", data='{"total": 1.5e308, "big": 1' + "0" * 400 + "}"
+    )
+    assert fine.status == 200
+    assert await redis_client.xlen(app.keys.jobs) == 1
+
+
 async def test_body_over_the_limit_gets_413(
     receiver_client: ClientFactory, redis_client: Redis
 ) -> None:
@@ -483,10 +504,66 @@ async def test_dev_mode_selects_the_app_from_the_host_header(
     assert [r.status for r in (by_id, by_host, local_host)] == [200, 200, 200]
     assert other_app.status == 404
     assert await other_app.json() == error("Integration B1 not found")
-    assert blog_denied.status == 403
-    assert unknown.status == 404  # the sender passes shop's whitelist
+    # The sender passes shop's whitelist, not blog's: blog's id is as unknown to it as any.
+    assert blog_denied.status == 404
+    assert unknown.status == 404
     assert await redis_client.xlen(shop.keys.jobs) == 3
     assert await redis_client.xlen(blog.keys.jobs) == 0
+
+
+@pytest.mark.parametrize("dev_mode", [False, True])
+async def test_a_sender_cannot_tell_another_applications_ids_from_unknown_ones(
+    receiver_client: ClientFactory, redis_client: Redis, dev_mode: bool
+) -> None:
+    """Before: 403 for another application's id, 404 for an unknown one (issue 12, defect 8)."""
+    shop = make_app("shop", integrations=[make_integration("S1", app="shop")])
+    blog = make_app(
+        "blog", allowed=["127.0.0.2"], integrations=[make_integration("B1", app="blog")]
+    )
+    provider = make_provider(shop, blog)
+    shop_sender = await receiver_client(provider, dev_mode=dev_mode)
+    nobodys_sender = await receiver_client(provider, source="127.0.0.3", dev_mode=dev_mode)
+
+    answers = {}
+    for name, client in (("shop's sender", shop_sender), ("nobody's sender", nobodys_sender)):
+        for target in ("B1", "NOPE"):
+            response = await client.post(f"/integration/{target}", json={})
+            answers[name, target] = (response.status, (await response.json())["error"])
+
+    assert answers["shop's sender", "B1"] == (404, "Integration B1 not found")
+    assert answers["shop's sender", "NOPE"] == (404, "Integration NOPE not found")
+    refused = "This domain/IP (127.0.0.3) isn't authorized on Retrieve"
+    assert answers["nobody's sender", "B1"] == (403, refused)
+    assert answers["nobody's sender", "NOPE"] == (403, refused)
+    assert await redis_client.xlen(blog.keys.jobs) == 0
+
+
+async def test_a_host_naming_another_application_gets_404_on_a_single_app_receiver(
+    receiver_client: ClientFactory, redis_client: Redis
+) -> None:
+    """DESIGN.md: "unknown integration id, or host names another app: 404" (issue 12, 8)."""
+    shop = make_app("shop", integrations=[make_integration("S1", app="shop")])
+    client = await receiver_client(make_provider(shop))
+    statuses = {}
+    for host in (
+        "webhook-blog.retrievetl.com",
+        "webhook-blog.retrievetl.com:443",
+        "webhook-shop.retrievetl.com",
+        "shop-receiver.ns.svc:8080",
+        "10.0.0.5:8080",
+    ):
+        response = await client.post("/integration/S1", json={}, headers={"Host": host})
+        statuses[host] = response.status
+        if response.status == 404:
+            assert await response.json() == error("Integration S1 not found")
+    assert statuses == {
+        "webhook-blog.retrievetl.com": 404,
+        "webhook-blog.retrievetl.com:443": 404,
+        "webhook-shop.retrievetl.com": 200,
+        "shop-receiver.ns.svc:8080": 200,
+        "10.0.0.5:8080": 200,
+    }
+    assert await redis_client.xlen(shop.keys.jobs) == 3
 
 
 async def test_dev_mode_unknown_id_from_a_sender_no_app_admits_is_403(

@@ -189,3 +189,19 @@ async def test_unexpected_errors_are_contract_json_without_a_trace(
     response = await client.post("/integration/ABC123", json={})
     assert response.status == 500
     assert await response.json() == {"result": False, "error": "Internal error"}
+
+
+@pytest.mark.redis
+async def test_with_durability_and_no_replica_to_confirm_the_answer_is_503(
+    receiver_client: ClientFactory, redis_client: Redis
+) -> None:
+    app = make_app(
+        integrations=[make_integration("ABC123")],
+        redis={"durability": {"replicas": 1, "timeoutMs": 20}},
+    )
+    client = await receiver_client(make_provider(app))
+
+    response = await client.post("/integration/ABC123", json={"a": 1})
+
+    assert response.status == 503
+    assert await response.json() == {"result": False, "error": "Queue unavailable, retry later"}

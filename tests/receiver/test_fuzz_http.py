@@ -10,8 +10,10 @@ answers are aiohttp's plain-text 400s, and the test says so instead of pretendin
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import random
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,8 @@ from tests.support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
-CONTRACT_STATUSES = {200, 400, 401, 403, 404, 405, 409, 413, 429, 503}
+CONTRACT_STATUSES = {200, 400, 401, 403, 404, 405, 408, 409, 413, 415, 429, 503}
+DEADLINE_SECONDS = 3  # the receiver's request-head and body deadlines in this test
 LIMIT = 1024 * 1024
 RSS_GROWTH_LIMIT_KIB = 96 * 1024
 MUTATIONS = 250
@@ -44,6 +47,17 @@ QUADRATIC_BLOWUP = (
     + b"&a;" * 10_000
     + b"</r>"
 )
+
+
+def _gzip_bomb(size: int) -> bytes:
+    """`size` zero bytes, gzip-compressed (about 1 KiB per MiB), without holding them."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b"\0" * (1 << 20)
+    parts = [compressor.compress(block) for _ in range(size >> 20)]
+    return b"".join(parts) + compressor.flush()
+
+
+GZIP_BOMB = _gzip_bomb(64 << 20)
 
 
 @dataclass(frozen=True)
@@ -86,11 +100,17 @@ def parse_answer(raw: bytes) -> Answer:
 
 
 async def exchange(
-    port: int, parts: Sequence[bytes | float], timeout: float = 10.0, read_limit: int = 1 << 20
+    port: int,
+    parts: Sequence[bytes | float],
+    timeout: float = 10.0,
+    read_limit: int = 1 << 20,
+    source: str | None = None,
 ) -> Answer:
     """Writes `parts` (a float is a pause, in seconds) then reads until the server closes or a
-    whole answer arrived. Write errors are fine: the server may answer and close early."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    whole answer arrived. Write errors are fine: the server may answer and close early.
+    `source` binds the client socket to that loopback address."""
+    local = (source, 0) if source is not None else None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local)
     raw = b""
     try:
         async with asyncio.timeout(timeout):
@@ -148,7 +168,7 @@ def chunked(path: str, total: int, chunk: int = 64 * 1024) -> list[bytes | float
 URL = f"/integration/{INTEGRATION}"
 
 # name -> (what is sent, the statuses allowed, whether it reaches our code: JSON answer required)
-CASES: dict[str, tuple[list[bytes | float], set[int], bool]] = {
+CASES: dict[str, tuple[list[bytes | float], set[int | None], bool]] = {
     "valid JSON": ([request(URL, b'{"ok": 1}')], {200}, True),
     "invalid UTF-8 JSON": ([request(URL, b'{"a": "\xff\xfe"}')], {400}, True),
     "invalid UTF-8 form": (
@@ -198,6 +218,47 @@ CASES: dict[str, tuple[list[bytes | float], set[int], bool]] = {
     "slow body, then complete": (
         [request(URL, b'{"slow": true}')[:-8], 1.0, b" true}"[:0], 1.0, b'": true}'[-8:]],
         {200, 400},
+        True,
+    ),
+    "gzip body": (
+        [request(URL, gzip.compress(b'{"zipped": 1}'), (("Content-Encoding", "gzip"),))],
+        {200},
+        True,
+    ),
+    "Content-Encoding gzip, body not gzip": (
+        [request(URL, b'{"plain": 1}', (("Content-Encoding", "gzip"),))],
+        {400},
+        True,
+    ),
+    "Content-Encoding deflate, body garbage": (
+        [request(URL, b"\x78\x9c" + b"\xff" * 64, (("Content-Encoding", "deflate"),))],
+        {400},
+        True,
+    ),
+    "Content-Encoding br (not decoded)": (
+        [request(URL, b"{}", (("Content-Encoding", "br"),))],
+        {415},
+        True,
+    ),
+    "Content-Encoding unknown": (
+        [request(URL, b"{}", (("Content-Encoding", "x-evil"),))],
+        {415},
+        True,
+    ),
+    "gzip bomb (64 MiB of zeros inflated)": (
+        [request(URL, GZIP_BOMB, (("Content-Encoding", "gzip"),))],
+        {413},
+        True,
+    ),
+    "JSON number past a double's range": ([request(URL, b'{"n": 1e400}')], {400}, True),
+    "request head never completed: closed, no answer": (
+        [request(URL)[:40], DEADLINE_SECONDS + 1.5],
+        {None},
+        False,
+    ),
+    "body slower than its deadline": (
+        [request(URL, b'{"slow": "body"}')[:-5], DEADLINE_SECONDS + 1.5, b'ody"}'],
+        {408},
         True,
     ),
     "path traversal %2F": ([request("/integration/..%2F..%2Fetc%2Fpasswd")], {404}, True),
@@ -311,7 +372,11 @@ def mutations(seed: int, count: int) -> Iterator[bytes]:
 @pytest.fixture
 def receiver(tmp_path: Path, redis_server: RedisServer) -> Iterator[Receiver]:
     config = write_fleet_config(tmp_path / "config", "http://127.0.0.1:9")
-    server = Receiver(config, redis_server.url).start()
+    deadlines = {
+        "RETRIEVE_HEADER_TIMEOUT_SECONDS": str(DEADLINE_SECONDS),
+        "RETRIEVE_BODY_TIMEOUT_SECONDS": str(DEADLINE_SECONDS),
+    }
+    server = Receiver(config, redis_server.url, env=deadlines).start()
     try:
         yield server
     finally:

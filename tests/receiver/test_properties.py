@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -91,10 +92,18 @@ def test_any_bytes_as_json_parse_or_get_the_contract_error(body: bytes) -> None:
 
 
 def _standard_parse(body: bytes) -> Any:
+    """`json` with the contract's refusals: NaN/Infinity, and numbers past a double's range."""
+
     def refuse(name: str) -> Any:
         raise ValueError(name)
 
-    return json.loads(body.decode("utf-8-sig"), parse_constant=refuse)
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(text)
+        return value
+
+    return json.loads(body.decode("utf-8-sig"), parse_constant=refuse, parse_float=finite)
 
 
 @FAST
@@ -109,6 +118,7 @@ def _standard_parse(body: bytes) -> Any:
 @example(b'"\\ud800"')  # a lone surrogate escape: only `json` takes it
 @example(b"[" * 300 + b"]" * 300)  # deeper than the fast parser goes
 @example(b"1e400")
+@example(b'{"a": [1, -1' + b"0" * 400 + b".5]}")
 def test_the_fast_json_parser_agrees_with_the_standard_one(body: bytes) -> None:
     """The Rust fast path must accept exactly what `json` accepts, with equal values."""
     try:
@@ -118,6 +128,25 @@ def test_the_fast_json_parser_agrees_with_the_standard_one(body: bytes) -> None:
             parse_json(body)
         return
     assert parse_json(body) == expected
+
+
+@FAST
+@given(
+    json_values,
+    st.integers(min_value=309, max_value=100_000),
+    st.sampled_from(["1e{}", "-9.5E+{}", "0.1e{}", "1E0{}"]),
+)
+@example([1, {"a": []}], 400, "1e{}")
+def test_a_number_past_a_doubles_range_is_refused_wherever_it_is(
+    value: Any, exponent: int, template: str
+) -> None:
+    """Such a number would be Infinity in the job, which is not JSON (issue 12, defect 6)."""
+    number = template.format(exponent)
+    assume(not math.isfinite(float(number)))
+    body = json.dumps([value, {"n": "marker"}]).replace('"marker"', number).encode()
+    with pytest.raises(PayloadError) as refused:
+        parse_payload(False, "application/json", body)
+    assert refused.value.message == f"{JSON_PREFIX}number {number[:40]} is out of range"
 
 
 @FAST

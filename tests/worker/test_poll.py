@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
@@ -26,6 +28,7 @@ from retrieve_worker.poll import (
     paginate,
 )
 from tests.support.paged_source import PagedSource
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
 ITEMS = [{"id": n, "name": f"item {n}"} for n in range(1, 26)]
@@ -279,3 +282,108 @@ async def test_dev_mode_runs_a_scheduled_poll_once_in_a_matching_minute_only(
             await task
     assert len(paged.queries) == 3  # one run: 25 items over 3 pages
     assert await redis_client.xlen(app.keys.jobs) == 25
+
+
+class HostileSource:
+    """A source that redirects, links to another server, or answers without end; `elsewhere`
+    is the other server (on another loopback address), recording what reaches it."""
+
+    def __init__(self) -> None:
+        self.port, self.elsewhere_port = free_port(), free_port()
+        self.elsewhere_headers: list[dict[str, str]] = []
+        self.huge_sent = 0
+        self._runners: list[web.AppRunner] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def elsewhere(self) -> str:
+        return f"http://127.0.0.2:{self.elsewhere_port}/capture"
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound(self.elsewhere)
+
+    async def _cross(self, request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": 1}], "links": {"next": self.elsewhere}})
+
+    async def _huge(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"data": ["')
+        block = b"x" * (1 << 20)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(256):  # 256 MiB unless the client stops reading
+                await response.write(block)
+                self.huge_sent += len(block)
+        return response
+
+    async def _capture(self, request: web.Request) -> web.Response:
+        self.elsewhere_headers.append(dict(request.headers))
+        return web.json_response({"data": [{"id": 2}]})
+
+    async def start(self) -> HostileSource:
+        source = web.Application()
+        source.router.add_get("/redirect", self._redirect)
+        source.router.add_get("/cross", self._cross)
+        source.router.add_get("/huge", self._huge)
+        other = web.Application()
+        other.router.add_get("/capture", self._capture)
+        for app, host, port in ((source, "127.0.0.1", self.port),
+                                (other, "127.0.0.2", self.elsewhere_port)):  # fmt: skip
+            runner = web.AppRunner(app, handle_signals=False)
+            await runner.setup()
+            await web.TCPSite(runner, host, port).start()
+            self._runners.append(runner)
+        return self
+
+    async def stop(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+
+
+@pytest.fixture
+async def hostile() -> AsyncIterator[HostileSource]:
+    server = await HostileSource().start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.mark.redis
+async def test_the_source_token_never_leaves_the_source_by_redirect_or_next_link(
+    redis_client: Redis, hostile: HostileSource
+) -> None:
+    """Before: redirects were followed anywhere, with the headers (issue 12, defect 9)."""
+    ref = {"name": "source-token", "key": "token"}
+    token = [{"name": "X-Api-Key", "secretKeyRef": ref}]
+    secrets = SecretStore()
+    secrets.put_secret("shop", "source-token", {"token": b"s3cret-token"})
+
+    redirected = _app(_schedule(f"{hostile.url}/redirect", headersFrom=token))
+    result = await Poller(redis_client, redirected, redirected.integrations[0]).run(secrets)
+    assert result.error == f"GET {hostile.url}/redirect: HTTP 302, redirects are not followed"
+
+    linked = _app(_schedule(f"{hostile.url}/cross", headersFrom=token,
+                            pagination={"nextLink": "links.next"}))  # fmt: skip
+    result = await Poller(redis_client, linked, linked.integrations[0]).run(secrets)
+    assert result.error == (
+        f"the next page {hostile.elsewhere} is not on the source's origin "
+        f"http://127.0.0.1:{hostile.port}: not followed"
+    )
+    assert hostile.elsewhere_headers == []
+    assert await redis_client.xlen(linked.keys.jobs) == 0
+
+
+@pytest.mark.redis
+async def test_a_source_answer_is_read_up_to_a_bound(
+    redis_client: Redis, hostile: HostileSource
+) -> None:
+    app = _app(_schedule(f"{hostile.url}/huge"))
+    result = await Poller(redis_client, app, app.integrations[0]).run(SecretStore())
+    assert result.error == (
+        f"GET {hostile.url}/huge: the answer is larger than {16 * 1024 * 1024} bytes"
+    )
+    assert hostile.huge_sent < 256 * (1 << 20)  # the poller stopped reading

@@ -10,15 +10,16 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from retrieve_core.logstore import LogRecord, LogStatus, LogStore
+from retrieve_core.redisclient import CLI_TIMEOUTS, connect_redis
 
 from .selection import UsageError, resolve_redis_url, resolve_targets
+from .terminal import cell, json_line
 
 _STATUS_STYLE = {
     LogStatus.SUCCEEDED: "green",
@@ -59,19 +60,20 @@ def render_table(records: list[LogRecord], *, payload: bool) -> Table:
         table.add_column(column, overflow="fold")
     if payload:
         table.add_column("payload", overflow="fold")
+    # Every value is a `cell`: stored text is never markup, and control characters show escaped.
     for r in records:
         message = r.error or r.message
         row = [
-            _time(r.ts),
-            r.source_ip,
-            r.integration_id or "-",
-            str(r.http_status),
-            f"[{_STATUS_STYLE.get(r.status, 'white')}]{r.status.value}[/]",
-            str(r.attempts),
-            message,
+            cell(_time(r.ts)),
+            cell(r.source_ip),
+            cell(r.integration_id or "-"),
+            cell(str(r.http_status)),
+            cell(r.status.value, _STATUS_STYLE.get(r.status, "white")),
+            cell(str(r.attempts)),
+            cell(message),
         ]
         if payload:
-            row.append(r.payload[:500])
+            row.append(cell(r.payload[:500]))
         table.add_row(*row)
     return table
 
@@ -79,7 +81,7 @@ def render_table(records: list[LogRecord], *, payload: bool) -> Table:
 async def _logs(args: argparse.Namespace) -> int:
     statuses = _check_statuses(args.status)
     targets = resolve_targets(args, args.integration)
-    redis = Redis.from_url(resolve_redis_url(args), socket_timeout=5)
+    redis = connect_redis(resolve_redis_url(args), CLI_TIMEOUTS)
     records: list[LogRecord] = []
     try:
         for target in targets:
@@ -91,7 +93,7 @@ async def _logs(args: argparse.Namespace) -> int:
     records = sorted(records, key=lambda r: r.ts, reverse=True)[: args.limit]
     if args.json:
         for record in records:
-            sys.stdout.write(record.model_dump_json() + "\n")
+            sys.stdout.write(json_line(record.model_dump(mode="json")) + "\n")
         return 0
     # Piped output is not cut to 80 columns: keep whole ids and messages for grep.
     console = Console(width=None if sys.stdout.isatty() else 400)
@@ -108,7 +110,7 @@ async def _replay(args: argparse.Namespace) -> int:
     [target] = resolve_targets(args, args.integration)
     if target.integration_id is None:
         raise UsageError("which integration? give its id or name")
-    redis = Redis.from_url(resolve_redis_url(args), socket_timeout=5)
+    redis = connect_redis(resolve_redis_url(args), CLI_TIMEOUTS)
     try:
         with Progress(
             TextColumn("replaying dead letters of {task.fields[integration]}"),
@@ -137,7 +139,7 @@ def _run(
         print(f"retrieve: {exc}", file=sys.stderr)
         return 2
     except (RedisError, OSError) as exc:
-        print(f"retrieve: cannot reach Redis: {exc}", file=sys.stderr)
+        print(f"retrieve: cannot reach RedisClient: {exc}", file=sys.stderr)
         return 1
 
 

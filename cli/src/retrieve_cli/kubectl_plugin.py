@@ -48,6 +48,8 @@ from retrieve_core.logstore import LogRecord, LogStatus
 from retrieve_core.manifests import ManifestError, load_directory
 from retrieve_core.models import IntegrationSpec, effective_integration_id
 
+from .terminal import json_line, safe_text
+
 PROG = "kubectl retrieve"
 ENV_CONSOLE_TOKEN = "RETRIEVE_CONSOLE_TOKEN"
 FOLLOW_INTERVAL = 2.0
@@ -335,7 +337,7 @@ def run_send(args: argparse.Namespace) -> int:
         status, text = exc.code, exc.read().decode("utf-8", "replace")
     except (urllib.error.URLError, OSError) as exc:
         raise PluginError(f"POST {url}: {exc}") from exc
-    print(f"POST {url} -> {status} {text.strip()}")
+    print(f"POST {url} -> {status} {safe_text(text.strip())}")
     return 0 if 200 <= status < 300 else 1
 
 
@@ -344,22 +346,21 @@ def run_send(args: argparse.Namespace) -> int:
 
 def _line(record: LogRecord) -> str:
     when = dt.datetime.fromtimestamp(record.ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    message = record.error or record.message
+    message = safe_text(record.error or record.message)
     return (
-        f"{when}Z  {record.source_ip:<15} {record.http_status:>3}  {record.status.value:<11} "
-        f"attempts={record.attempts}  {message}"
+        f"{when}Z  {safe_text(record.source_ip):<15} {record.http_status:>3}  "
+        f"{record.status.value:<11} attempts={record.attempts}  {message}"
     ).rstrip()
 
 
 def _fetch_from_redis(
     redis_url: str, target: Resolved, statuses: list[str], limit: int
 ) -> list[LogRecord]:
-    from redis.asyncio import Redis
-
     from retrieve_core.logstore import LogStore
+    from retrieve_core.redisclient import CLI_TIMEOUTS, connect_redis
 
     async def query() -> list[LogRecord]:
-        redis = Redis.from_url(redis_url, socket_timeout=5)
+        redis = connect_redis(redis_url, CLI_TIMEOUTS)
         try:
             return await LogStore(redis, target.keys).query(
                 integration_id=target.integration_id, statuses=statuses, limit=limit
@@ -380,8 +381,17 @@ def _fetch_through_proxy(
         ("limit", str(limit)),
         *(("status", s) for s in statuses),
     ]
+    # The log API shows payloads: it needs the console token (as the cookie: the API server's
+    # proxy drops the Authorization header).
+    token = _console_token(args, "logs")
     app = target.spec.application
-    status, body = cluster_of(args).proxy(target.namespace, app, "/api/logs", query=query)
+    status, body = cluster_of(args).proxy(
+        target.namespace,
+        app,
+        "/api/logs",
+        query=query,
+        headers={"Cookie": f"retrieve_console={token}"},
+    )
     if status != 200:
         raise PluginError(
             f"GET /api/logs of a {app} receiver pod through the API server: HTTP {status} "
@@ -417,13 +427,24 @@ def _redis_url(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _console_token(args: argparse.Namespace, command: str) -> str:
+    token = str(args.console_token or os.environ.get(ENV_CONSOLE_TOKEN, ""))
+    if not token:
+        raise PluginError(
+            f"{command} through the cluster needs the receiver's console token (--console-token "
+            f"or ${ENV_CONSOLE_TOKEN}), or pass --redis-url",
+            2,
+        )
+    return token
+
+
 def run_logs(args: argparse.Namespace) -> int:
     target = resolve(args)
     fetch = _log_fetcher(args, target)
     records = fetch()
     if args.json:
         for record in records:
-            print(record.model_dump_json())
+            print(json_line(record.model_dump(mode="json")))
     else:
         for record in reversed(records):
             print(_line(record))
@@ -435,19 +456,19 @@ def run_logs(args: argparse.Namespace) -> int:
         fresh = [r for r in reversed(fetch()) if (r.id, r.status, r.attempts) not in seen]
         for record in fresh:
             seen.add((record.id, record.status, record.attempts))
-            print(record.model_dump_json() if args.json else _line(record), flush=True)
+            line = json_line(record.model_dump(mode="json")) if args.json else _line(record)
+            print(line, flush=True)
 
 
 def run_replay(args: argparse.Namespace) -> int:
     target = resolve(args)
     redis_url = _redis_url(args)
     if redis_url:
-        from redis.asyncio import Redis
-
+        from retrieve_core.redisclient import CLI_TIMEOUTS, connect_redis
         from retrieve_worker.replay import replay_dead_letters
 
         async def replay() -> int:
-            redis = Redis.from_url(redis_url, socket_timeout=5)
+            redis = connect_redis(redis_url, CLI_TIMEOUTS)
             try:
                 return await replay_dead_letters(redis, target.keys, target.integration_id)
             finally:
@@ -458,13 +479,7 @@ def run_replay(args: argparse.Namespace) -> int:
         # Through the API server to a receiver pod's console API: needs create on pods/proxy
         # AND the console token (the API server drops the Authorization header, so the token
         # travels as the console's cookie).
-        token = args.console_token or os.environ.get(ENV_CONSOLE_TOKEN, "")
-        if not token:
-            raise PluginError(
-                f"replay through the cluster needs the receiver's console token (--console-token "
-                f"or ${ENV_CONSOLE_TOKEN}), or pass --redis-url",
-                2,
-            )
+        token = _console_token(args, "replay")
         app = target.spec.application
         status, body = cluster_of(args).proxy(
             target.namespace,
@@ -520,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--limit", type=int, default=50)
     logs.add_argument("--json", action="store_true", help="one JSON object per line")
     logs.add_argument("--redis-url", default=None, help="read Redis directly, not via the API")
+    logs.add_argument("--console-token", default=None, help=f"default: ${ENV_CONSOLE_TOKEN}")
     logs.set_defaults(handler=run_logs)
 
     replay = common("replay", "requeue the Integration's dead-lettered jobs")

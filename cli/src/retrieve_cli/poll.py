@@ -16,17 +16,18 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from redis.asyncio import Redis
-
 from retrieve_core.config import SecretStore
 from retrieve_core.cron import CronSchedule, parse_cron
 from retrieve_core.provider import ConfigProvider, ConfigSnapshot
+from retrieve_core.redisclient import Timeouts, connect_redis
 from retrieve_worker.poll import Poller, PollError, find_integration
 
 from .selection import UsageError, resolve_redis_url, running_dev
 from .serve import CommandError, choose_source, run_event_loop
+from .terminal import safe_text
 
 log = logging.getLogger("retrieve.poll")
+POLL_TIMEOUTS = Timeouts(socket=10.0, connect=5.0)
 
 CONFIG_WAIT_SECONDS = 30.0
 DEV_CHECK_SECONDS = 30.0
@@ -35,7 +36,7 @@ DEV_CHECK_SECONDS = 30.0
 async def _load(args: argparse.Namespace) -> ConfigSnapshot:
     provider = ConfigProvider()
     if args.config_dir is None and not args.from_cluster and not args.app:
-        dev = running_dev()  # by hand next to `retrieve dev`: its folder (and its Redis)
+        dev = running_dev()  # by hand next to `retrieve dev`: its folder (and its RedisClient)
         if dev:
             args.config_dir = Path(dev["config_dir"])
     source = choose_source(args, provider)  # a folder is loaded at once; a cluster is watched
@@ -57,7 +58,7 @@ async def _poll(args: argparse.Namespace) -> int:
         app, integration = find_integration(snapshot.applications, args.integration)
     except PollError as exc:
         raise CommandError(str(exc)) from None
-    redis = Redis.from_url(resolve_redis_url(args), socket_timeout=10, socket_connect_timeout=5)
+    redis = connect_redis(resolve_redis_url(args), POLL_TIMEOUTS)
     try:
         poller = Poller(redis, app, integration)
         result = await poller.run(snapshot.secrets)
@@ -76,7 +77,9 @@ async def _poll(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     elif result.error:
-        print(f"retrieve poll {integration.name}: failed: {result.error}", file=sys.stderr)
+        print(
+            f"retrieve poll {integration.name}: failed: {safe_text(result.error)}", file=sys.stderr
+        )
     else:
         print(
             f"{integration.name}: {result.seen} item(s) over {result.pages} page(s), "
@@ -114,7 +117,7 @@ async def dev_scheduler(
     now = clock or (lambda: datetime.datetime.now().astimezone())
     done: set[tuple[str, str]] = set()  # (integration id, minute) already run
     parsed: dict[str, CronSchedule] = {}
-    redis = Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+    redis = connect_redis(redis_url, POLL_TIMEOUTS)
     try:
         while True:
             moment = now().replace(second=0, microsecond=0)

@@ -23,11 +23,11 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from retrieve_core.manifests import ManifestError, load_directory
 from retrieve_core.provider import ConfigProvider, watch_directory
+from retrieve_core.redisclient import RedisClient, Timeouts, connect_redis
 
 log = logging.getLogger("retrieve")
 
@@ -74,10 +74,10 @@ def worker_admin_app(
     registry: CollectorRegistry, provider: ConfigProvider, redis_url: str
 ) -> web.Application:
     """/healthz, /readyz and /metrics for a worker process."""
-    redis_key = web.AppKey("redis", Redis)
+    redis_key: web.AppKey[RedisClient] = web.AppKey("redis")
 
     async def redis_ctx(app: web.Application) -> Any:
-        app[redis_key] = Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        app[redis_key] = connect_redis(redis_url, Timeouts(socket=2, connect=2))
         yield
         await app[redis_key].aclose()
 
@@ -166,7 +166,10 @@ async def _finish(tasks: Sequence[asyncio.Future[None]], timeout: float = 40.0) 
 def _receiver_settings(args: argparse.Namespace, *, dev_mode: bool) -> Any:
     from retrieve_receiver.settings import ReceiverSettings
 
-    return ReceiverSettings.from_env(redis_url=args.redis_url, dev_mode=dev_mode)
+    try:
+        return ReceiverSettings.from_env(redis_url=args.redis_url, dev_mode=dev_mode)
+    except ValueError as exc:  # a malformed limit in the environment: said in one line
+        raise CommandError(str(exc)) from None
 
 
 def _worker_settings(args: argparse.Namespace) -> Any:

@@ -8,6 +8,8 @@ import sys
 
 from aiohttp import web
 
+from .terminal import safe_text
+
 
 def make_sink_app(status: int = 200) -> web.Application:
     async def receive(request: web.Request) -> web.Response:
@@ -16,7 +18,7 @@ def make_sink_app(status: int = 200) -> web.Application:
             shown = json.dumps(json.loads(body), ensure_ascii=False)
         except ValueError:
             shown = body.decode("utf-8", "replace")
-        print(f"{request.method} {request.path_qs} {shown}", flush=True)
+        print(f"{request.method} {safe_text(request.path_qs)} {safe_text(shown)}", flush=True)
         return web.json_response({"received": True}, status=status)
 
     app = web.Application()

@@ -20,6 +20,8 @@ from retrieve_core.manifests import ManifestError, format_validation_error, iter
 from retrieve_core.models import IntegrationSpec
 from retrieve_core.sandbox import RewriteTestFailure, run_rewrite_tests
 
+from .terminal import safe_text
+
 EXIT_PASSED: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_INVALID: Final = 2
@@ -67,7 +69,7 @@ def report(results: list[ExampleResult], out: TextIO) -> None:
             continue
         print(f"FAIL  {result.integration}: {result.name}", file=out)
         for difference in result.failure.message.split("; "):
-            print(f"      {difference}", file=out)
+            print(f"      {safe_text(difference)}", file=out)
     failed = sum(1 for r in results if r.failure is not None)
     print(f"{len(results) - failed} passed, {failed} failed", file=out)
 

@@ -52,6 +52,10 @@ MSG_TOO_LARGE: Final = "Payload too large (limit {limit} bytes)"
 MSG_QUEUE_UNAVAILABLE: Final = "Queue unavailable, retry later"
 MSG_METHOD_NOT_ALLOWED: Final = "Method {method} not allowed"
 MSG_RATE_LIMITED: Final = "Rate limit exceeded, retry later"
+# Not in DESIGN.md's table (SECURITY.md, "Content-Encoding"): 415 for a coding not decoded.
+MSG_UNSUPPORTED_ENCODING: Final = (
+    "Unsupported Content-Encoding {coding} (accepted: gzip, deflate, identity)"
+)
 
 DEFAULT_MAX_BODY_BYTES: Final = 1024 * 1024
 DEFAULT_LOG_PAYLOAD_BYTES: Final = 64 * 1024
@@ -61,3 +65,9 @@ DEFAULT_LOG_MAX_AGE_SECONDS: Final = 7 * 24 * 3600
 ENV_ALLOWED_LIST: Final = "RETRIEVE_ALLOWED_LIST"
 ENV_DNS_SERVERS: Final = "RETRIEVE_DNS_SERVERS"
 ENV_REDIS_URL: Final = "RETRIEVE_REDIS_URL"
+ENV_ADMIN_HOSTS: Final = "RETRIEVE_ADMIN_HOSTS"
+ENV_HEADER_TIMEOUT: Final = "RETRIEVE_HEADER_TIMEOUT_SECONDS"
+ENV_BODY_TIMEOUT: Final = "RETRIEVE_BODY_TIMEOUT_SECONDS"
+ENV_IDLE_TIMEOUT: Final = "RETRIEVE_IDLE_TIMEOUT_SECONDS"
+ENV_MAX_CONNECTIONS: Final = "RETRIEVE_MAX_CONNECTIONS"
+ENV_REJECTED_PAYLOAD_BYTES: Final = "RETRIEVE_REJECTED_PAYLOAD_BYTES"

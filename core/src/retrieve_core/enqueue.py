@@ -16,15 +16,13 @@ receiver's hot path (it bounds webhooks per second): the call is packed straight
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final
 
-from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from .job import JOB_FIELD
 from .keys import (
@@ -35,7 +33,8 @@ from .keys import (
     counter_bucket,
 )
 from .logstore import LogStatus, truncate_payload_bytes
-from .resp import bulk, execute_packed
+from .redisclient import RedisClient
+from .resp import PackedScript, bulk
 
 log = logging.getLogger(__name__)
 
@@ -143,15 +142,18 @@ class Delivery:
     log_max_age_seconds: int
     dedupe_id: str | None = None
     dedupe_ttl_seconds: int = 0
+    wait: tuple[int, int] = (0, 0)
+    """(replicas, timeout ms) for `WAIT` after the call (`spec.redis.durability`); 0: none."""
 
 
 class _AppPrefix:
     """One application's keys, encoded once: the hot path only appends ids to them."""
 
-    __slots__ = ("call_keys", "counters", "jobs", "log_record")
+    __slots__ = ("call_keys", "counters", "jobs", "jobs_key", "log_record")
 
     def __init__(self, keys: AppKeys) -> None:
-        self.jobs = bulk(keys.jobs.encode())
+        self.jobs_key = keys.jobs.encode()  # its slot is the application's
+        self.jobs = bulk(self.jobs_key)
         self.call_keys = (
             self.jobs + bulk(keys.log_index.encode()) + bulk(keys.last_received.encode())
         )
@@ -165,6 +167,7 @@ class _Call:
 
     keys: AppKeys
     max_age: int
+    wait: tuple[int, int]
     packed_keys: list[bytes]
     packed_args: list[bytes]
     futures: list[asyncio.Future[Outcome]]
@@ -181,6 +184,8 @@ class _Call:
         return b"".join((head, prefix.call_keys, *self.packed_keys, common, *self.packed_args))
 
 
+# (keys, log max age, wait, packed keys, packed arguments, the caller's future)
+_Pending = tuple[AppKeys, int, tuple[int, int], bytes, bytes, asyncio.Future[Outcome]]
 _PREFIXES: dict[AppKeys, _AppPrefix] = {}
 
 
@@ -241,18 +246,22 @@ class Enqueuer:
     cannot be read as another call's).
     """
 
-    def __init__(self, redis: Redis, *, timeout: float = 4.0, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, redis: RedisClient, *, timeout: float = 4.0, max_batch: int = MAX_BATCH
+    ) -> None:
         self._redis = redis
-        self._sha = hashlib.sha1(_SCRIPT.encode()).hexdigest().encode()
+        self._script = PackedScript(_SCRIPT)
         self._timeout = timeout
         self._max_batch = max_batch
-        self._pending: list[tuple[AppKeys, int, bytes, bytes, asyncio.Future[Outcome]]] = []
+        self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
 
     async def store(self, keys: AppKeys, delivery: Delivery) -> Outcome:
         packed_keys, packed_args = _pack_delivery(keys, delivery)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._pending.append((keys, delivery.log_max_age_seconds, packed_keys, packed_args, future))
+        self._pending.append(
+            (keys, delivery.log_max_age_seconds, delivery.wait, packed_keys, packed_args, future)
+        )
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -269,13 +278,9 @@ class Enqueuer:
     async def _run(self, calls: list[_Call]) -> None:
         try:
             async with asyncio.timeout(self._timeout):
+                # Grouped by the node owning each application's slot on a cluster; NOSCRIPT
+                # (Redis restarted or flushed) loads the script and runs the call again.
                 replies = await self._execute(calls)
-                if any(isinstance(reply, NoScriptError) for reply in replies):
-                    # Redis restarted or was flushed: a NOSCRIPT call did nothing, so rerun it.
-                    await self._redis.script_load(_SCRIPT)
-                    again = [c for c, r in zip(calls, replies, strict=True) if _noscript(r)]
-                    rerun = iter(await self._execute(again))
-                    replies = [next(rerun) if _noscript(r) else r for r in replies]
         except asyncio.CancelledError:  # shutting down: nobody waits in vain
             for call in calls:
                 _settle(call, RedisError("enqueue cancelled"))
@@ -286,20 +291,19 @@ class Enqueuer:
             _settle(call, reply)
 
     async def _execute(self, calls: list[_Call]) -> list[Any]:
-        data = b"".join(call.command(self._sha) for call in calls)
-        return await execute_packed(self._redis, data, len(calls))
+        sha = self._script.sha
+        packed = [(_prefix(call.keys).jobs_key, call.command(sha)) for call in calls]
+        if any(call.wait[0] for call in calls):  # spec.redis.durability: WAIT on the writes
+            return await self._script.run(self._redis, packed, [call.wait for call in calls])
+        return await self._script.run(self._redis, packed)
 
 
-def _noscript(reply: Any) -> bool:
-    return isinstance(reply, NoScriptError)
-
-
-def _group(batch: list[tuple[AppKeys, int, bytes, bytes, asyncio.Future[Outcome]]]) -> list[_Call]:
-    calls: dict[tuple[AppKeys, int], _Call] = {}
-    for keys, max_age, packed_keys, packed_args, future in batch:
-        call = calls.get((keys, max_age))
+def _group(batch: list[_Pending]) -> list[_Call]:
+    calls: dict[tuple[AppKeys, int, tuple[int, int]], _Call] = {}
+    for keys, max_age, wait, packed_keys, packed_args, future in batch:
+        call = calls.get((keys, max_age, wait))
         if call is None:
-            call = calls[keys, max_age] = _Call(keys, max_age, [], [], [])
+            call = calls[keys, max_age, wait] = _Call(keys, max_age, wait, [], [], [])
         call.packed_keys.append(packed_keys)
         call.packed_args.append(packed_args)
         call.futures.append(future)

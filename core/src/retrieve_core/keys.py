@@ -97,6 +97,11 @@ class AppKeys:
         """Hash of integration id -> unix time of the last accepted request."""
         return self._key("last-received")
 
+    @property
+    def ready_probe(self) -> str:
+        """String a receiver writes in `/readyz`: proof it can write to this application's shard."""
+        return self._key("ready")
+
     def poll_state(self, integration_id: str) -> str:
         """Hash of one integration's scheduled polls: the `since` window start and the last
         run's outcome (written by `retrieve poll`, read by the operator into status)."""

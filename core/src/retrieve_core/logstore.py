@@ -15,10 +15,9 @@ from enum import StrEnum
 from typing import Any, cast
 
 from pydantic import BaseModel, Field
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from .keys import AppKeys
+from .redisclient import RedisClient, RedisPipeline
 
 TRIM_CHUNK = 500
 """Records dropped per round trip by `LogStore.trim`."""
@@ -106,12 +105,66 @@ def truncate_payload_bytes(body: bytes, limit: int) -> tuple[bytes, bool]:
     return text.encode(), truncated
 
 
-def add_record(pipe: Pipeline, keys: AppKeys, record: LogRecord, max_age_seconds: int) -> None:
+def add_record(pipe: RedisPipeline, keys: AppKeys, record: LogRecord, max_age_seconds: int) -> None:
     """Queue the commands that store a new record on a pipeline (no round trip here)."""
     key = keys.log_record(record.id)
     pipe.hset(key, mapping=record.to_hash())  # type: ignore[arg-type]
     pipe.expire(key, max_age_seconds)
     pipe.zadd(keys.log_index, {record.id: record.ts})
+
+
+# A record added with the count bound enforced at once: the oldest records past `max_records`
+# (at most EVICT_PER_WRITE of them, so a lowered bound never holds Redis for long) go with
+# their hashes, whose keys share the index's hash tag (same slot). An optional counter is
+# bumped in the same call.
+EVICT_PER_WRITE = 16
+_ADD_BOUNDED = f"""
+local max_age, ts, id, max_records, prefix = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local counter_field, counter_ttl, nfields = ARGV[6], ARGV[7], tonumber(ARGV[8])
+redis.call('HSET', KEYS[1], unpack(ARGV, 9, 8 + 2 * nfields))
+redis.call('EXPIRE', KEYS[1], max_age)
+redis.call('ZADD', KEYS[2], ts, id)
+local extra = math.min(redis.call('ZCARD', KEYS[2]) - max_records, {EVICT_PER_WRITE})
+if extra > 0 then
+  local doomed = redis.call('ZRANGE', KEYS[2], 0, extra - 1)
+  for _, old in ipairs(doomed) do
+    redis.call('UNLINK', prefix .. old)
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1)
+end
+if counter_field ~= '' then
+  if redis.call('HINCRBY', KEYS[3], counter_field, 1) == 1 then
+    redis.call('EXPIRE', KEYS[3], counter_ttl)
+  end
+end
+return extra
+"""
+
+
+async def add_bounded_record(
+    redis: RedisClient,
+    keys: AppKeys,
+    record: LogRecord,
+    *,
+    max_age_seconds: int,
+    max_records: int,
+    counter: tuple[str, str, int] | None = None,
+) -> None:
+    """Store a record with the count bound enforced in the same call (no wait for `trim`).
+
+    `counter` is (counters hash key, field, TTL seconds) to bump with it.
+    """
+    fields = record.to_hash()
+    counter_key, counter_field, counter_ttl = counter or (keys.log_index, "", 0)
+    args: list[str | int | float] = [
+        max_age_seconds, record.ts, record.id, max_records, keys.log_record_prefix,
+        counter_field, counter_ttl, len(fields),
+    ]  # fmt: skip
+    for name, value in fields.items():
+        args += (name, value)
+    await redis.eval(
+        _ADD_BOUNDED, 3, keys.log_record(record.id), keys.log_index, counter_key, *args
+    )
 
 
 def encode_update(fields: Mapping[str, Any]) -> list[str]:
@@ -131,7 +184,7 @@ def _text(value: bytes | str) -> str:
 class LogStore:
     """Reads and trims the records of one application."""
 
-    def __init__(self, redis: Redis, keys: AppKeys) -> None:
+    def __init__(self, redis: RedisClient, keys: AppKeys) -> None:
         self.redis = redis
         self.keys = keys
 
@@ -195,7 +248,10 @@ class LogStore:
             if not ids:
                 return removed
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.unlink(*(self.keys.log_record(_text(cast("bytes", i))) for i in ids))
+                # Not `pipe.unlink`: a cluster pipeline refuses several keys there (these
+                # share one slot, which the raw command may name).
+                records = (self.keys.log_record(_text(cast("bytes", i))) for i in ids)
+                pipe.execute_command("UNLINK", *records)
                 pipe.zrem(self.keys.log_index, *ids)
                 await pipe.execute()
             removed += len(ids)

@@ -26,6 +26,7 @@ from .constants import (
     DEFAULT_MAX_BODY_BYTES,
 )
 from .cron import check_cron
+from .redisclient import REDIS_URL_PATTERN, parse_redis_url
 
 DOMAIN_PATTERN = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
 INTEGRATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -110,14 +111,26 @@ class WorkerSpec(ComponentSpec):
     concurrency: int = Field(default=16, ge=1, le=1024)
 
 
+class RedisDurability(SpecModel):
+    """Answer 200 only after Redis WAIT confirmed the job on that many replicas (else 503)."""
+
+    replicas: int = Field(ge=1, le=16, description="replicas that must confirm each job")
+    timeout_ms: int = Field(
+        default=100, ge=1, le=1000, description="how long the receiver waits for them (ms)"
+    )
+
+
 class RedisSpec(SpecModel):
-    url: str | None = Field(default=None, pattern=r"^(redis|rediss|unix)://")
+    url: str | None = Field(default=None, pattern=REDIS_URL_PATTERN)
     secret_key_ref: SecretKeyRef | None = None
+    durability: RedisDurability | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> RedisSpec:
         if self.url and self.secret_key_ref:
             raise ValueError("set either url or secretKeyRef, not both")
+        if self.url:
+            parse_redis_url(self.url)  # ports, options: what the pattern cannot check
         return self
 
 

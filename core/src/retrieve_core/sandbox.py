@@ -4,12 +4,16 @@ A rewrite function is a JavaScript function *body* run with `jobData` in scope. 
 V8 isolate (mini-racer): no module loader, no network, no file system (`require`, `fetch` and
 `process` do not exist, and no Python function is ever exposed to it), under a time limit
 (`timeoutMs`) and a heap limit (`memoryMiB`). `console.log/info/warn/error` are captured.
+`ArrayBuffer` and the typed arrays do not exist either: their memory is outside V8's heap, where
+the heap limit would not count it, so without them the limit bounds every allocation.
 
 Creating an isolate costs ~50 ms, so one context per integration (and code version) is kept and
-reused, with the user's function compiled once. A context that timed out or ran out of memory is
-thrown away and recreated on the next call. JavaScript runs on the isolate's own thread, so the
-async API never blocks the event loop; calls to one context are serialized, and jobs waiting for
-the same context are sent together in one call (each keeps its own result, console and error).
+reused, with the user's function compiled once. A context that timed out, ran out of memory, or
+whose function replaced a built-in the sandbox relies on (checked after every job: the job fails
+with an error saying so) is thrown away and recreated on the next call. JavaScript runs on the
+isolate's own thread, so the async API never blocks the event loop; calls to one context are
+serialized, and jobs waiting for the same context are sent together in one call (each keeps its
+own result, console and error).
 
 `run_rewrite_tests` runs a spec's own examples through rewrite + field mapping; the operator uses
 it to refuse a version whose examples fail.
@@ -40,8 +44,13 @@ MAX_CONSOLE_LINES = 100
 MAX_CONSOLE_LINE_CHARS = 2000
 MAX_RESULT_CHARS = 16 * 1024 * 1024
 MAX_ERROR_CHARS = 2000
+TAMPERED = "TAMPERED"
+MSG_TAMPERED = (
+    "rewrite function changed a built-in the sandbox relies on (JSON, Reflect, Array.prototype, "
+    "String.prototype, or a toJSON on a prototype); its isolate was recycled"
+)
 
-RewriteErrorKind = Literal["thrown", "timeout", "memory", "shape", "compile"]
+RewriteErrorKind = Literal["thrown", "timeout", "memory", "shape", "compile", "tampered"]
 
 
 class RewriteError(Exception):
@@ -72,6 +81,29 @@ _PRELUDE = r"""
 (function (source, maxLines, maxLineChars, maxResultChars) {
   'use strict';
   const parse = JSON.parse, stringify = JSON.stringify, StringCtor = String;
+  const apply = Reflect.apply, describe = Object.getOwnPropertyDescriptor;
+  const ArrayProto = Array.prototype, StringProto = String.prototype;
+  const ObjectProto = Object.prototype;
+  const hasOwn = ObjectProto.hasOwnProperty;
+  // What the sandbox itself relies on: a function that replaces one of these (or adds a toJSON
+  // to a prototype) has broken its isolate, which is then recycled (`__retrieveRun` says so).
+  const relied = [
+    [JSON, 'parse'], [JSON, 'stringify'], [Reflect, 'apply'], [Object, 'getOwnPropertyDescriptor'],
+    [ArrayProto, 'map'], [ArrayProto, 'join'], [ArrayProto, 'push'], [ArrayProto, 'slice'],
+    [StringProto, 'slice'], [ObjectProto, 'hasOwnProperty'], [globalThis, 'String'],
+  ];
+  const originals = relied.map(([owner, name]) => owner[name]);
+  const noToJSON = [ObjectProto, ArrayProto, StringProto, Number.prototype, Boolean.prototype];
+  const intact = () => {
+    for (let i = 0; i < relied.length; i++) {
+      const found = describe(relied[i][0], relied[i][1]);
+      if (!found || found.value !== originals[i]) return false;
+    }
+    for (let i = 0; i < noToJSON.length; i++) {
+      if (apply(hasOwn, noToJSON[i], ['toJSON'])) return false;
+    }
+    return true;
+  };
   const lines = [];
   let dropped = 0;
   const show = (v) => {
@@ -94,7 +126,14 @@ _PRELUDE = r"""
     Object.defineProperty(globalThis, name, {value, writable: false, configurable: false});
   fixed('console', console);
   // Nothing asynchronous or outside ECMAScript: the function runs to completion, synchronously.
-  const extras = ['setTimeout', 'clearTimeout', '__timer_manager', '__TimerManager', 'WebAssembly'];
+  // No ArrayBuffer either (nor what makes or shares one): its memory lives outside V8's heap,
+  // where the heap limit (memoryMiB) does not count it; without it every allocation does.
+  const extras = [
+    'setTimeout', 'clearTimeout', '__timer_manager', '__TimerManager', 'WebAssembly',
+    'ArrayBuffer', 'SharedArrayBuffer', 'DataView', 'Atomics', 'Int8Array', 'Uint8Array',
+    'Uint8ClampedArray', 'Int16Array', 'Uint16Array', 'Int32Array', 'Uint32Array',
+    'Float16Array', 'Float32Array', 'Float64Array', 'BigInt64Array', 'BigUint64Array',
+  ];
   for (const name of extras) {
     try { delete globalThis[name]; } catch (e) { globalThis[name] = undefined; }
   }
@@ -122,8 +161,18 @@ _PRELUDE = r"""
     }
     return text;
   };
-  // Many jobs in one call: one round trip to the isolate instead of one per job.
-  const run = (input) => '[' + parse(input).map(runOne).join(',') + ']';
+  // Many jobs in one call: one round trip to the isolate instead of one per job. After each
+  // job the built-ins are checked: a broken isolate answers TAMPERED instead of results that
+  // its own broken built-ins made.
+  const run = (input) => {
+    const jobs = parse(input);
+    let out = '[';
+    for (let i = 0; i < jobs.length; i++) {
+      out += (i ? ',' : '') + runOne(jobs[i]);
+      if (!intact()) return 'TAMPERED';
+    }
+    return out + ']';
+  };
   fixed('__retrieveRun', run);
   return true;
 })
@@ -254,10 +303,21 @@ class _Context:
         )
         if self.racer.was_hard_memory_limit_reached():
             self.broken = True
-        if not isinstance(raw, str):
-            raise RewriteError("rewrite sandbox returned no result", kind="shape")
+        if raw == TAMPERED:
+            self.broken = True  # recycled: the next call gets a new isolate
+            raise RewriteError(MSG_TAMPERED, kind="tampered")
+        try:
+            items = json.loads(raw) if isinstance(raw, str) else None
+        except ValueError:
+            items = None
+        if not isinstance(items, list) or len(items) != len(job_datas):
+            self.broken = True  # whatever did this, that isolate is not reused
+            raise RewriteError(MSG_TAMPERED, kind="tampered")
         results: list[RewriteResult | RewriteError] = []
-        for item in json.loads(raw):
+        for item in items:
+            if not isinstance(item, dict):
+                results.append(RewriteError(MSG_TAMPERED, kind="tampered"))
+                continue
             try:
                 results.append(parse_result(item))
             except RewriteError as exc:

@@ -95,7 +95,10 @@ FIELD_DOCS: Final[Mapping[str, Mapping[str, str]]] = {
         "receiver": "The <name>-receiver Deployment (HTTP endpoint).",
         "worker": "The <name>-worker Deployment (runs the workflows).",
         "redis": "Where jobs, logs and counters live: url, or secretKeyRef to a Secret holding "
-        "the URL. Unset: the Redis the chart installed.",
+        "the URL. Unset: the Redis the chart installed. The scheme chooses the mode: "
+        "redis://, rediss://, unix:// one server; redis+cluster://host:port[,host:port...] "
+        "a Redis Cluster from those seeds; redis+sentinel://host:port[,host:port...]/<service>"
+        "[/<db>] the primary the sentinels name (rediss+... for TLS).",
         "webhookLogs": "Bounds of the per-application webhook log kept in Redis.",
     },
     KIND_INTEGRATION: {

@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from retrieve_core.keys import (
@@ -33,6 +32,7 @@ from retrieve_core.keys import (
     AppKeys,
     counter_bucket,
 )
+from retrieve_core.redisclient import RedisClient
 
 WINDOW_SECONDS: Final = 3600
 COUNTER_FIELDS: Final = (COUNTER_RECEIVED, COUNTER_REJECTED, COUNTER_FAILED)
@@ -141,9 +141,9 @@ def counts_from_reply(
     return ApplicationCounts(_int(queue_depth), integrations), consistent
 
 
-# ------------------------------------------------------------------------------- Redis
+# ------------------------------------------------------------------------------- RedisClient
 
-# Sums an application's counters in Redis: the reply is a few numbers per integration rather
+# Sums an application's counters in RedisClient: the reply is a few numbers per integration rather
 # than 60 bucket rows each, which is what keeps the operator's side of a poll cheap. Every key
 # is declared and carries the application's hash tag (legal on Redis Cluster).
 # KEYS: jobs, dead letters, last received, dead counts, then the buckets of each integration.
@@ -188,7 +188,7 @@ def counts_call(
 
 
 async def read_counts(
-    redis: Redis, keys: AppKeys, integration_ids: Sequence[str], now: float
+    redis: RedisClient, keys: AppKeys, integration_ids: Sequence[str], now: float
 ) -> ApplicationCounts:
     """One round trip (plus, rarely, a rebuild of the dead-letter counts)."""
     script_keys, args = counts_call(keys, integration_ids, now)
@@ -210,7 +210,7 @@ async def read_counts(
     )
 
 
-async def rebuild_dead_counts(redis: Redis, keys: AppKeys) -> dict[str, int] | None:
+async def rebuild_dead_counts(redis: RedisClient, keys: AppKeys) -> dict[str, int] | None:
     """Counts the dead-letter stream by integration and stores the counts; None when the
     stream or the counts changed meanwhile (nothing written)."""
     async with redis.pipeline(transaction=True) as pipe:
@@ -230,7 +230,7 @@ async def rebuild_dead_counts(redis: Redis, keys: AppKeys) -> dict[str, int] | N
                     break
                 start = "(" + _text(page[-1][0])
             pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.delete(keys.dead_counts)
+            pipe.execute_command("DEL", keys.dead_counts)  # `delete` is async on a cluster
             if counts:
                 pipe.hset(keys.dead_counts, mapping=counts)  # type: ignore[arg-type]
             await pipe.execute()

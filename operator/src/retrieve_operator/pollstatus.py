@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from redis.asyncio import Redis
-
 from retrieve_core.constants import (
     CONDITION_POLL_FAILING,
     REASON_POLL_FAILED,
@@ -21,6 +19,7 @@ from retrieve_core.constants import (
 )
 from retrieve_core.keys import AppKeys
 from retrieve_core.pollstate import PollState
+from retrieve_core.redisclient import RedisClient
 
 from .conditions import Condition, merge_condition, now_rfc3339
 from .plan import ObjectRecord, integration_id_of
@@ -29,7 +28,7 @@ POLL_FIELDS: Final = ("lastPollAt", "polledItems", "polledNew", "lastPollError")
 
 
 async def read_poll_states(
-    redis: Redis, keys: AppKeys, integration_ids: Sequence[str]
+    redis: RedisClient, keys: AppKeys, integration_ids: Sequence[str]
 ) -> dict[str, PollState]:
     """The poll state of each integration (one round trip); never polled: an empty state."""
     if not integration_ids:
@@ -55,7 +54,7 @@ def wants_poll_status(members: Sequence[ObjectRecord]) -> bool:
 
 
 async def poll_patches(
-    redis: Redis | None, app: ObjectRecord, members: Sequence[ObjectRecord]
+    redis: RedisClient | None, app: ObjectRecord, members: Sequence[ObjectRecord]
 ) -> dict[str, dict[str, Any]]:
     """Integration uid -> status merge patch, for those whose poll status changed (the hook the
     periodic status poll calls, statuspoll.py). One Redis round trip for the application."""

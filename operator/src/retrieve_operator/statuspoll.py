@@ -23,7 +23,6 @@ from typing import Any, Final
 
 import kopf
 from pydantic import ValidationError
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from retrieve_core.constants import (
@@ -34,6 +33,7 @@ from retrieve_core.constants import (
 )
 from retrieve_core.keys import AppKeys
 from retrieve_core.models import RetrieveApplicationSpec
+from retrieve_core.redisclient import RedisClient, Timeouts, connect_redis
 from retrieve_worker.replay import replay_dead_letters
 
 from . import kube
@@ -79,7 +79,7 @@ class StatusPoller:
         self.default_redis_url = default_redis_url
         self.metrics = metrics
         self.interval = interval
-        self._clients: dict[str, Redis] = {}
+        self._clients: dict[str, RedisClient] = {}
         self._failing: set[AppKey] = set()
         self._replay_locks: dict[str, asyncio.Lock] = {}
         self._replayed: dict[str, str] = {}  # Integration uid -> the value last handled here
@@ -90,7 +90,7 @@ class StatusPoller:
             await client.aclose()
         await self.api.close()
 
-    # ------------------------------------------------------------------- Redis
+    # ------------------------------------------------------------------- RedisClient
 
     async def _redis_url(self, app: ObjectRecord) -> str | None:
         """The application's Redis URL; None when its spec is invalid (the reconciler says so)."""
@@ -111,14 +111,14 @@ class StatusPoller:
             return spec.redis.url or self.default_redis_url
         raise RedisUnavailable("spec.redis sets no URL and the operator has no default")
 
-    async def _redis(self, app: ObjectRecord) -> Redis | None:
+    async def _redis(self, app: ObjectRecord) -> RedisClient | None:
         url = await self._redis_url(app)
         if url is None:
             return None
         client = self._clients.get(url)
         if client is None:
-            client = self._clients[url] = Redis.from_url(
-                url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+            client = self._clients[url] = connect_redis(
+                url, Timeouts(socket=REDIS_TIMEOUT, connect=REDIS_TIMEOUT)
             )
         return client
 
@@ -182,7 +182,7 @@ class StatusPoller:
         self.metrics.status_patches.inc()
 
     def _unavailable(self, app: ObjectRecord, exc: BaseException) -> None:
-        message = f"cannot read the counters from Redis: {exc.__class__.__name__}: {exc}"
+        message = f"cannot read the counters from RedisClient: {exc.__class__.__name__}: {exc}"
         if app.key in self._failing:
             log.debug("%s/%s: %s", app.namespace, app.name, message)
             return

@@ -1,32 +1,49 @@
-"""The admin app (never exposed by the Ingress): health, readiness, metrics, webhook logs."""
+"""The admin app (never exposed by the Ingress): health, readiness, metrics, webhook logs.
+
+`/healthz`, `/readyz` and `/metrics` are open (probes, Prometheus). Everything else shows
+payloads or changes state, so `admin_guard` asks for more (SECURITY.md, "Admin port"):
+
+- a Host header naming an IP address, `localhost`, or a name of `RETRIEVE_ADMIN_HOSTS`: a web
+  page whose own name was rebound to the admin address (DNS rebinding, e.g. on a port-forward)
+  sends its own name and is refused;
+- the console token (`RETRIEVE_CONSOLE_TOKEN`) as `Authorization: Bearer` or the console's
+  cookie; without a configured token these endpoints stay closed.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from retrieve_core.logstore import LogStore
 from retrieve_core.provider import ConfigProvider
+from retrieve_core.redisclient import RedisClient
 
 from .app import make_redis
-from .console import ConsoleSettings, setup_console
+from .console import ConsoleSettings, setup_console, token_presented
 from .errors import failure
 from .metrics import ReceiverMetrics
 from .settings import ReceiverSettings
 
 MAX_LOG_LIMIT = 1000
 DEFAULT_LOG_LIMIT = 50
+READY_PROBE_TTL_MS = 60_000
 
 ADMIN_SETTINGS_KEY = web.AppKey("admin-settings", ReceiverSettings)
 ADMIN_PROVIDER_KEY = web.AppKey("admin-provider", ConfigProvider)
 ADMIN_METRICS_KEY = web.AppKey("admin-metrics", ReceiverMetrics)
-ADMIN_REDIS_KEY = web.AppKey("admin-redis", Redis)
+ADMIN_REDIS_KEY: web.AppKey[RedisClient] = web.AppKey("admin-redis")
+ADMIN_TOKEN_KEY = web.AppKey("admin-token", str)
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+MSG_HOST_REFUSED = "Host not allowed on the admin port"
+MSG_TOKEN_REQUIRED = "Console token required"
 
 
 def _ok(data: object, status: int = 200) -> web.Response:
@@ -38,14 +55,30 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready when the configuration is loaded and each served application's shard takes a
+    write (a PING would answer from a replica, a full server or the wrong cluster node)."""
     provider = request.app[ADMIN_PROVIDER_KEY]
     if not provider.loaded.is_set():
         return _ok({"ready": False, "reason": "configuration not loaded yet"}, 503)
+    redis = request.app[ADMIN_REDIS_KEY]
+    apps = provider.current.applications
     try:
         async with asyncio.timeout(request.app[ADMIN_SETTINGS_KEY].redis_timeout):
-            await request.app[ADMIN_REDIS_KEY].ping()
+            if not apps:
+                await redis.ping()
+            results = await asyncio.gather(
+                *(redis.set(app.keys.ready_probe, b"1", px=READY_PROBE_TTL_MS) for app in apps),
+                return_exceptions=True,
+            )
     except (RedisError, OSError, TimeoutError) as exc:
         return _ok({"ready": False, "reason": f"redis: {type(exc).__name__}"}, 503)
+    failed = [
+        f"{app.namespace}/{app.name}: {type(result).__name__}"
+        for app, result in zip(apps, results, strict=True)
+        if isinstance(result, BaseException)
+    ]
+    if failed:
+        return _ok({"ready": False, "reason": "redis: " + ", ".join(failed[:10])}, 503)
     return _ok({"ready": True, "configVersion": provider.current.version})
 
 
@@ -94,8 +127,44 @@ async def api_logs(request: web.Request) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _host_name(host: str) -> str:
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return (host.rsplit(":", 1)[0] if host.count(":") == 1 else host).lower().rstrip(".")
+
+
+def host_allowed(host: str | None, allowed: tuple[str, ...]) -> bool:
+    """Whether a Host header names the admin port: an IP address (what probes, Prometheus,
+    the API server's pod proxy send), `localhost` (a port-forward), or an allowed name."""
+    if not host:
+        return False
+    name = _host_name(host)
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        return True
+    for entry in allowed:
+        wanted = entry.lower().rstrip(".")
+        if name == wanted or (wanted.startswith(".") and name.endswith(wanted)):
+            return True
+    return False
+
+
 @web.middleware
-async def admin_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def admin_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Open paths pass; the rest needs an allowed Host and the console token."""
+    if request.path not in OPEN_PATHS:
+        if not host_allowed(request.host, request.app[ADMIN_SETTINGS_KEY].admin_hosts):
+            return failure(403, MSG_HOST_REFUSED)
+        # The console checks its own token (and its `?token=` login); everything else here.
+        console = request.path == "/console" or request.path.startswith("/console/")
+        token = request.app.get(ADMIN_TOKEN_KEY)
+        if not console and (token is None or not token_presented(request, token)):
+            return failure(401, MSG_TOKEN_REQUIRED)
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -121,7 +190,7 @@ def init_admin_app(
     The web console is mounted at `/console/` when `console` is given or, by default, when
     `RETRIEVE_CONSOLE_TOKEN` is set; otherwise `/console/` answers 404.
     """
-    app = web.Application(middlewares=[admin_errors])
+    app = web.Application(middlewares=[admin_guard])
     app[ADMIN_SETTINGS_KEY] = settings
     app[ADMIN_PROVIDER_KEY] = provider
     app[ADMIN_METRICS_KEY] = metrics if metrics is not None else ReceiverMetrics()
@@ -130,10 +199,8 @@ def init_admin_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/api/logs", api_logs)
-    setup_console(
-        app,
-        console if console is not None else ConsoleSettings.from_env(),
-        provider,
-        lambda: app[ADMIN_REDIS_KEY],
-    )
+    console = console if console is not None else ConsoleSettings.from_env()
+    if console is not None:
+        app[ADMIN_TOKEN_KEY] = console.token
+    setup_console(app, console, provider, lambda: app[ADMIN_REDIS_KEY])
     return app

@@ -16,9 +16,6 @@ from typing import Any
 
 from aiohttp import hdrs, web
 from pydantic_core import PydanticSerializationError
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from retrieve_core.constants import (
@@ -32,18 +29,27 @@ from retrieve_core.constants import (
     MSG_QUEUE_UNAVAILABLE,
     MSG_RATE_LIMITED,
     MSG_TOO_LARGE,
+    MSG_UNSUPPORTED_ENCODING,
 )
 from retrieve_core.enqueue import Delivery, Enqueuer
 from retrieve_core.job import new_job_id, new_job_json
 from retrieve_core.keys import (
     COUNTER_REJECTED,
     COUNTER_TTL_SECONDS,
-    AppKeys,
     counter_bucket,
 )
-from retrieve_core.logstore import LogRecord, LogStatus, LogStore, add_record, truncate_payload
+from retrieve_core.logstore import (
+    LogRecord,
+    LogStatus,
+    LogStore,
+    add_bounded_record,
+    truncate_payload,
+)
 from retrieve_core.provider import ConfigProvider
+from retrieve_core.redisclient import RedisClient, Timeouts, connect_redis
 
+from .connections import ConnectionGuard
+from .content_coding import CodingMismatch, UnsupportedCoding, content_coding, decode_body
 from .dns import FcrdnsVerifier, make_resolver
 from .errors import WebhookError, failure, success
 from .metrics import UNKNOWN_INTEGRATION, ReceiverMetrics
@@ -61,6 +67,9 @@ log = logging.getLogger(__name__)
 CLIENT_MAX_SIZE = 64 * 1024 * 1024
 LOG_TRIM_INTERVAL = 60.0
 MSG_BODY_INCOMPLETE = "Request body incomplete: the connection was closed"
+MSG_BODY_TIMEOUT = "Request body not received within {seconds:g} s"
+LINGERING_SECONDS = 2.0
+"""How long the rest of a body answered early (413, 408) is read and dropped before closing."""
 MAX_DEDUPE_VALUE = 512
 
 
@@ -92,20 +101,18 @@ SETTINGS_KEY = web.AppKey("settings", ReceiverSettings)
 PROVIDER_KEY = web.AppKey("provider", ConfigProvider)
 ROUTES_KEY = web.AppKey("routes", RoutingCache)
 METRICS_KEY = web.AppKey("metrics", ReceiverMetrics)
-REDIS_KEY = web.AppKey("redis", Redis)
+REDIS_KEY: web.AppKey[RedisClient] = web.AppKey("redis")
 ENQUEUER_KEY = web.AppKey("enqueuer", Enqueuer)
 DNS_KEY = web.AppKey("dns", FcrdnsVerifier)
 LIMITER_KEY = web.AppKey("limiter", RateLimiter)
+GUARD_KEY = web.AppKey("connection-guard", ConnectionGuard)
 
 
-def make_redis(settings: ReceiverSettings) -> Redis:
+def make_redis(settings: ReceiverSettings) -> RedisClient:
     """A client that fails fast: past its timeouts the receiver answers 503, it never hangs."""
-    return Redis.from_url(
+    return connect_redis(
         settings.redis_url,
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=min(settings.redis_timeout, 1.0),
-        retry=Retry(NoBackoff(), 1),  # one reconnect after a restart, no sleeping backoff
-        health_check_interval=10,
+        Timeouts(socket=settings.redis_timeout, connect=min(settings.redis_timeout, 1.0)),
     )
 
 
@@ -182,27 +189,29 @@ def _log_record(
     )
 
 
-def _count(pipe: Any, keys: AppKeys, integration_id: str, field: str, ts: float) -> None:
-    key = keys.counters(integration_id, counter_bucket(ts))
-    pipe.hincrby(key, field, 1)
-    pipe.expire(key, COUNTER_TTL_SECONDS)
-
-
 async def _write_record_best_effort(
     request: web.Request,
     app: AppRoute,
     record: LogRecord,
     counter: str | None,
 ) -> None:
-    """Store the log record of a request that is answered anyway: failures are only logged."""
+    """Store the log record of a request that is answered anyway: failures are only logged.
+
+    The application's count bound holds at once (a flood of refused requests cannot grow the
+    log past `maxRecords` until the next trim), and the counter is bumped in the same call.
+    """
     redis = request.app[REDIS_KEY]
+    bucket = app.keys.counters(record.integration_id, counter_bucket(record.ts))
     try:
         async with asyncio.timeout(request.app[SETTINGS_KEY].log_write_timeout):
-            async with redis.pipeline(transaction=True) as pipe:
-                add_record(pipe, app.keys, record, app.log_max_age_seconds)
-                if counter is not None:
-                    _count(pipe, app.keys, record.integration_id, counter, record.ts)
-                await pipe.execute()
+            await add_bounded_record(
+                redis,
+                app.keys,
+                record,
+                max_age_seconds=app.log_max_age_seconds,
+                max_records=app.log_max_records,
+                counter=(bucket, counter, COUNTER_TTL_SECONDS) if counter is not None else None,
+            )
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning("log record of a %d answer not stored: %s", record.http_status, exc)
 
@@ -240,9 +249,15 @@ async def _authorize(
     peer = request.remote
     forwarded = _forwarded_for(request)
     app = routing.single_app or routing.app_for_host(request.host)
-    if app is None and target is not None:
-        app = target.app
-    candidates = (app,) if app is not None else routing.apps
+    if app is not None:
+        candidates: tuple[AppRoute, ...] = (app,)
+    elif target is not None:
+        # The id's own application first; then the others, so that a sender one of them
+        # admits gets the same 404 for another application's id as for an unknown id (403
+        # only when no application admits it): ids of other applications cannot be probed.
+        candidates = (target.app, *(a for a in routing.apps if a is not target.app))
+    else:
+        candidates = routing.apps
     first_sender: IPAddress | None = None
     for candidate in candidates:
         known = candidate.admitted.get((peer, forwarded))
@@ -330,16 +345,24 @@ async def _receive(request: web.Request, *, xml_route: bool) -> web.Response:
     def refuse(status: int, message: str, body: bytes = b"", fmt: str = "") -> WebhookError:
         return WebhookError(status, message, app, integration_id, source_ip, body, fmt)
 
-    if target is None or target.app is not app:
+    if target is None or target.app is not app or routing.names_other_app(request.host):
         raise refuse(404, MSG_NOT_FOUND.format(id=integration_id))
     if not target.enabled:
         raise refuse(409, MSG_DISABLED.format(id=integration_id))
     if target.rate_limits:
         await _check_rate_limits(request, target, source_ip)
     try:
-        body = await read_body(request, app.max_body_bytes)
+        coding = content_coding(request.headers)
+    except UnsupportedCoding as exc:
+        raise refuse(415, MSG_UNSUPPORTED_ENCODING.format(coding=exc.coding)) from None
+    body_timeout = request.app[SETTINGS_KEY].body_timeout
+    try:
+        async with asyncio.timeout(body_timeout or None):
+            body = await read_body(request, app.max_body_bytes)
     except OverflowError:
         raise refuse(413, MSG_TOO_LARGE.format(limit=app.max_body_bytes)) from None
+    except TimeoutError:
+        raise refuse(408, MSG_BODY_TIMEOUT.format(seconds=body_timeout)) from None
 
     if target.verify_required:
         scheme = target.scheme
@@ -354,6 +377,16 @@ async def _receive(request: web.Request, *, xml_route: bool) -> web.Response:
             return success()
         if scheme is None or not verify(scheme, request.headers, body, time.time()):
             raise refuse(401, MSG_INVALID_SIGNATURE, body)
+
+    if coding is not None:  # signatures are over the bytes as sent: inflate only now
+        try:
+            body = decode_body(body, coding, app.max_body_bytes)
+        except OverflowError:
+            raise refuse(413, MSG_TOO_LARGE.format(limit=app.max_body_bytes)) from None
+        except CodingMismatch as exc:
+            template = MSG_INVALID_XML if xml_route else MSG_INVALID_JSON
+            detail = f"Content-Encoding {coding}: {exc}"
+            raise refuse(400, template.format(detail=detail), b"", "") from None
 
     try:
         fmt, payload, verbatim = parse_payload(
@@ -393,6 +426,7 @@ async def _receive(request: web.Request, *, xml_route: bool) -> web.Response:
         log_max_age_seconds=app.log_max_age_seconds,
         dedupe_id=_delivery_id(target, request, payload),
         dedupe_ttl_seconds=target.dedupe.ttl_seconds if target.dedupe else 0,
+        wait=app.wait,
     )
     try:
         await request.app[ENQUEUER_KEY].store(app.keys, delivery)
@@ -445,12 +479,16 @@ def answered(handler: Handler) -> Handler:
 
     async def answer(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
+        guard = request.app[GUARD_KEY]
+        guard.head_received(request.transport)  # the head is in: its deadline no longer runs
         try:
             response = await handler(request)
         except WebhookError as exc:
             response = failure(exc.status, exc.message, exc.headers)
             if exc.status == 503:
                 request.app[METRICS_KEY].enqueue_failures.inc()
+            if exc.status == 408:
+                response.force_close()  # a sender that slow gets no second request here
             if exc.app is not None:
                 await _log_refusal(request, exc)
         except web.HTTPException as exc:
@@ -470,6 +508,7 @@ def answered(handler: Handler) -> Handler:
         known = integration_id is not None and request.app[ROUTES_KEY].is_known(integration_id)
         label = integration_id if known and integration_id else UNKNOWN_INTEGRATION
         request.app[METRICS_KEY].observe(label, response.status, time.perf_counter() - started)
+        guard.answered(request.transport)
         return response
 
     return answer
@@ -492,7 +531,7 @@ async def _log_refusal(request: web.Request, exc: WebhookError) -> None:
         record_id=new_job_id(), ts=time.time(), source_ip=exc.source_ip,
         integration_id=exc.integration_id, http_status=exc.status, status=LogStatus.REJECTED,
         error=exc.message, body=exc.payload, payload_format=exc.format,
-        payload_limit=app.log_payload_bytes,
+        payload_limit=min(app.log_payload_bytes, request.app[SETTINGS_KEY].rejected_payload_bytes),
     )  # fmt: skip
     # Counters only for configured ids: senders must not create keys by inventing ids.
     routing = request.app[ROUTES_KEY].current()
@@ -511,7 +550,15 @@ def init_app(
     metrics: ReceiverMetrics | None = None,
 ) -> web.Application:
     """The public webhook app. Share `metrics` with `init_admin_app` to expose them there."""
-    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    # Bodies are read as sent, never inflated by aiohttp (see `content_coding`); idle
+    # keep-alive connections and the rest of bodies answered early are bounded in time.
+    handler_args = {
+        "auto_decompress": False,
+        "keepalive_timeout": settings.idle_timeout,
+        "lingering_time": LINGERING_SECONDS,
+    }
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE, handler_args=handler_args)
+    app[GUARD_KEY] = ConnectionGuard(settings.max_connections, settings.header_timeout)
     app[SETTINGS_KEY] = settings
     app[PROVIDER_KEY] = provider
     app[ROUTES_KEY] = RoutingCache(provider, settings)

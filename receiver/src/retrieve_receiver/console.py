@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from retrieve_core.config import ApplicationConfig
@@ -42,6 +41,7 @@ from retrieve_core.keys import (
 )
 from retrieve_core.logstore import LogStatus, LogStore
 from retrieve_core.provider import ConfigProvider
+from retrieve_core.redisclient import RedisClient
 
 from .errors import failure
 
@@ -100,7 +100,7 @@ class QueueHistory:
 class ConsoleState:
     settings: ConsoleSettings
     provider: ConfigProvider
-    redis: Callable[[], Redis]
+    redis: Callable[[], RedisClient]
     history: QueueHistory
 
 
@@ -123,7 +123,8 @@ def _presented_token(request: web.Request) -> str | None:
     return request.cookies.get(COOKIE_NAME)
 
 
-def _authorized(request: web.Request, token: str) -> bool:
+def token_presented(request: web.Request, token: str) -> bool:
+    """Whether the request carries `token` (bearer header or the console's cookie)."""
     presented = _presented_token(request)
     return presented is not None and _same(presented, token)
 
@@ -157,7 +158,7 @@ async def console_guard(request: web.Request, handler: Handler) -> web.StreamRes
         redirect = _redirect(str(request.rel_url.with_query(query)), 303)
         _set_cookie(redirect, token)
         return redirect
-    if not _authorized(request, token):
+    if not token_presented(request, token):
         if request.path.startswith(f"{PREFIX}/api/"):
             return failure(401, "Console token required")
         return web.Response(status=401, text=_LOGIN_PAGE, content_type="text/html")
@@ -202,7 +203,9 @@ def webhook_url(app: ApplicationConfig, integration_id: str) -> str | None:
     return f"https://{app.host}/integration/{integration_id}" if app.host else None
 
 
-async def overview(redis: Redis, apps: tuple[ApplicationConfig, ...], now: float) -> list[Any]:
+async def overview(
+    redis: RedisClient, apps: tuple[ApplicationConfig, ...], now: float
+) -> list[Any]:
     """Every application with its integrations and last-hour counters: one pipelined read."""
     buckets = range(counter_bucket(now - WINDOW_SECONDS) + 1, counter_bucket(now) + 1)
     async with redis.pipeline(transaction=False) as pipe:
@@ -397,7 +400,7 @@ def setup_console(
     app: web.Application,
     settings: ConsoleSettings | None,
     provider: ConfigProvider,
-    redis: Callable[[], Redis],
+    redis: Callable[[], RedisClient],
 ) -> None:
     """Mount the console on the admin app; with no settings (no token) nothing is mounted (404)."""
     if settings is None:

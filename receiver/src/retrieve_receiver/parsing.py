@@ -7,6 +7,8 @@ DOCTYPE, so entity expansion (billion laughs) and external entities (XXE) cannot
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 from xml.parsers import expat
@@ -20,6 +22,11 @@ from retrieve_core.job import PayloadFormat
 FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_FORM_FIELDS = 10_000
 MAX_DETAIL = 120
+MAX_NUMBER_SHOWN = 40
+
+# Only a number with an exponent of three digits or more, or with 309 integer digits, can be
+# past a double's range (about 1.8e308): a body without one needs no walk for infinities.
+_MAYBE_HUGE_NUMBER = re.compile(rb"[0-9][eE]\+?0*[1-9][0-9]{2}|[0-9]{309}")
 
 
 class PayloadError(ValueError):
@@ -58,6 +65,31 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    """`json`'s float parser, refusing what a double cannot hold (it would become Infinity,
+    which is not JSON: the job could not be written as JSON again)."""
+    value = float(text)
+    if not math.isfinite(value):
+        shown = text if len(text) <= MAX_NUMBER_SHOWN else text[:MAX_NUMBER_SHOWN] + "..."
+        raise ValueError(f"number {shown} is out of range")
+    return value
+
+
+def _has_infinity(value: Any) -> bool:
+    """Whether a parsed value holds a non-finite float anywhere (iterative: no recursion)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 class Payload(NamedTuple):
     format: PayloadFormat
     value: Any
@@ -77,12 +109,17 @@ def parse_json_body(body: bytes) -> Payload:
     takes is valid UTF-8 JSON that parses the same again, so the job embeds it verbatim
     instead of encoding the value again. It is stricter than `json` (a byte order mark, a lone
     surrogate escape, nesting past 254 levels): whatever it refuses goes through `json`, which
-    decides, with the messages senders know.
+    decides, with the messages senders know. It reads a number past a double's range as
+    infinity: a body that may hold one is checked, and goes through `json` if it does, which
+    refuses it.
     """
     try:
-        return Payload("json", from_json(body, allow_inf_nan=False), body)
+        value = from_json(body, allow_inf_nan=False)
     except ValueError:
         pass
+    else:
+        if _MAYBE_HUGE_NUMBER.search(body) is None or not _has_infinity(value):
+            return Payload("json", value, body)
     return Payload("json", _parse_json_slowly(body))
 
 
@@ -94,7 +131,7 @@ def _parse_json_slowly(body: bytes) -> Any:
     if not text.strip():
         raise _json_error("empty body")
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise _json_error(f"{exc.msg}: line {exc.lineno} column {exc.colno}") from None
     except RecursionError:

@@ -13,9 +13,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from retrieve_core.models import RateLimitSpec
+from retrieve_core.redisclient import RedisClient
 
 # KEYS: one bucket hash a limit (fields `tokens`, `ts` in microseconds of Redis time).
 # ARGV: rate_1, capacity_1, rate_2, capacity_2, ... (tokens a second, bucket size).
@@ -70,7 +69,7 @@ def retry_after_seconds(wait_ms: int) -> int:
 class RateLimiter:
     """Takes tokens from the buckets of a request in one EVALSHA (redis-py reloads on NOSCRIPT)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._script = redis.register_script(_SCRIPT)
 
     async def acquire(self, buckets: Sequence[Bucket]) -> int:

@@ -23,6 +23,7 @@ from .whitelist import NetworkSet, Whitelist, compile_networks, compile_whitelis
 log = logging.getLogger(__name__)
 
 DEFAULT_DEDUPE_TTL = 86_400
+HOST_LABEL_PREFIX = "webhook-"
 
 # Provider delivery ids used as the dedupe key when a preset is set and spec.dedupe is not.
 PRESET_DEDUPE_HEADERS: Mapping[Preset, str] = {
@@ -84,6 +85,8 @@ class AppRoute:
     log_payload_bytes: int
     log_max_age_seconds: int
     log_max_records: int
+    wait: tuple[int, int] = (0, 0)
+    """`WAIT` (replicas, timeout ms) after each job (`spec.redis.durability`); 0: none."""
     admitted: dict[tuple[str | None, str | None], str] = field(default_factory=dict)
     """(TCP peer, X-Forwarded-For) -> sender, for senders the IP whitelist admitted: a repeat
     sender skips address parsing and matching. Lives as long as this routing (a config change
@@ -126,6 +129,8 @@ class RoutingTable:
     integrations: dict[str, IntegrationRoute] = field(default_factory=dict)
     hosts: dict[str, AppRoute] = field(default_factory=dict)
     host_labels: dict[str, AppRoute] = field(default_factory=dict)
+    served_labels: frozenset[str] = frozenset()
+    """`webhook-<app>` of every served application."""
 
     @property
     def single_app(self) -> AppRoute | None:
@@ -141,6 +146,14 @@ class RoutingTable:
             found = self.host_labels.get(name.split(".", 1)[0])
         return found
 
+    def names_other_app(self, host: str | None) -> bool:
+        """Whether a Host header names an application this receiver does not serve
+        (`webhook-<other>.<domain>`): DESIGN.md answers 404 to it, whatever the id."""
+        if not host:
+            return False
+        label = _strip_port(host).lower().split(".", 1)[0]
+        return label.startswith(HOST_LABEL_PREFIX) and label not in self.served_labels
+
 
 def _strip_port(host: str) -> str:
     if host.startswith("["):
@@ -153,6 +166,7 @@ def _compile_app(app: ApplicationConfig, settings: ReceiverSettings) -> AppRoute
     max_body = spec.receiver.max_body_bytes
     if "max_body_bytes" not in spec.receiver.model_fields_set:
         max_body = settings.default_max_body_bytes
+    durability = spec.redis.durability
     return AppRoute(
         config=app,
         keys=app.keys,
@@ -162,6 +176,7 @@ def _compile_app(app: ApplicationConfig, settings: ReceiverSettings) -> AppRoute
         log_payload_bytes=spec.webhook_logs.payload_bytes,
         log_max_age_seconds=spec.webhook_logs.max_age_seconds,
         log_max_records=spec.webhook_logs.max_records,
+        wait=(durability.replicas, durability.timeout_ms) if durability else (0, 0),
     )
 
 
@@ -238,9 +253,9 @@ def build_routing(snapshot: ConfigSnapshot, settings: ReceiverSettings) -> Routi
         apps.append(app)
         if app_config.host:
             hosts[app_config.host.lower()] = app
-        labels.setdefault(f"webhook-{app_config.name}", []).append(app)
+        labels.setdefault(f"{HOST_LABEL_PREFIX}{app_config.name}", []).append(app)
         for integration in app_config.integrations:
             integrations[integration.id] = _compile_integration(app, integration, snapshot)
     # Dev mode: `webhook-<app>.localhost` names an app whatever the domain, when unambiguous.
     host_labels = {k: v[0] for k, v in labels.items() if len(v) == 1} if settings.dev_mode else {}
-    return RoutingTable(snapshot, tuple(apps), integrations, hosts, host_labels)
+    return RoutingTable(snapshot, tuple(apps), integrations, hosts, host_labels, frozenset(labels))

@@ -10,7 +10,8 @@ from aiohttp import web
 from retrieve_core.provider import ConfigProvider
 
 from .admin import init_admin_app
-from .app import init_app
+from .app import GUARD_KEY, init_app
+from .connections import GuardedSite
 from .metrics import ReceiverMetrics
 from .settings import ReceiverSettings
 
@@ -36,8 +37,9 @@ async def run_receiver(  # noqa: PLR0917 - the CLI's documented positional call
     from a config source (a manifest folder, the API server) in a task of your own.
     """
     metrics = ReceiverMetrics()
+    public_app = init_app(settings, provider, metrics=metrics)
     public = web.AppRunner(
-        init_app(settings, provider, metrics=metrics),
+        public_app,
         shutdown_timeout=shutdown_timeout,
         handle_signals=False,
         access_log=None,
@@ -54,7 +56,8 @@ async def run_receiver(  # noqa: PLR0917 - the CLI's documented positional call
             await runner.setup()
             runners.insert(0, runner)  # cleaned up public first: it finishes in-flight webhooks
         await web.TCPSite(admin, admin_host, admin_port).start()
-        await web.TCPSite(public, host, port).start()
+        # The public port: connection cap and request-head deadline (`connections`).
+        await GuardedSite(public, host, port, public_app[GUARD_KEY]).start()
         log.info("receiver listening on %s:%d (admin %s:%d)", host, port, admin_host, admin_port)
         await asyncio.Event().wait()
     finally:

@@ -9,9 +9,15 @@ from typing import Any
 
 from retrieve_core.constants import (
     DEFAULT_MAX_BODY_BYTES,
+    ENV_ADMIN_HOSTS,
     ENV_ALLOWED_LIST,
+    ENV_BODY_TIMEOUT,
     ENV_DNS_SERVERS,
+    ENV_HEADER_TIMEOUT,
+    ENV_IDLE_TIMEOUT,
+    ENV_MAX_CONNECTIONS,
     ENV_REDIS_URL,
+    ENV_REJECTED_PAYLOAD_BYTES,
 )
 
 from .dns import parse_dns_servers
@@ -35,10 +41,32 @@ class ReceiverSettings:
     """Socket timeout of Redis commands: past it the answer is 503, never a hung request."""
     log_write_timeout: float = 0.5
     """Best-effort log records of rejected requests wait at most this long."""
+    header_timeout: float = 10.0
+    """Seconds a connection has to deliver a complete request head, from its opening and from
+    the first byte of each later request; then it is closed (`RETRIEVE_HEADER_TIMEOUT_SECONDS`)."""
+    body_timeout: float = 30.0
+    """Seconds to receive a whole body once the head is in; then 408 and the connection is
+    closed (`RETRIEVE_BODY_TIMEOUT_SECONDS`)."""
+    idle_timeout: float = 75.0
+    """Seconds an idle keep-alive connection stays open between requests; keep it above the
+    Ingress controller's upstream keep-alive, 60 s in ingress-nginx
+    (`RETRIEVE_IDLE_TIMEOUT_SECONDS`)."""
+    max_connections: int = 2048
+    """Open connections on the public port at once; past it a new one gets a 503 and is closed
+    (`RETRIEVE_MAX_CONNECTIONS`, 0: no cap)."""
+    rejected_payload_bytes: int = 1024
+    """Of a refused request's body, at most this many bytes go into its log record (and never
+    more than the application's `webhookLogs.payloadBytes`) (`RETRIEVE_REJECTED_PAYLOAD_BYTES`)."""
+    admin_hosts: tuple[str, ...] = ()
+    """Host names the admin port answers besides IP addresses and `localhost`
+    (`RETRIEVE_ADMIN_HOSTS`); an entry starting with `.` admits every name ending in it."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ReceiverSettings:
-        """Settings from `RETRIEVE_REDIS_URL`, `RETRIEVE_DNS_SERVERS`, `RETRIEVE_ALLOWED_LIST`.
+        """Settings from `RETRIEVE_REDIS_URL`, `RETRIEVE_DNS_SERVERS`, `RETRIEVE_ALLOWED_LIST`,
+        `RETRIEVE_ADMIN_HOSTS` and the connection limits (`RETRIEVE_HEADER_TIMEOUT_SECONDS`,
+        `RETRIEVE_BODY_TIMEOUT_SECONDS`, `RETRIEVE_IDLE_TIMEOUT_SECONDS`,
+        `RETRIEVE_MAX_CONNECTIONS`).
 
         Keyword overrides (from CLI flags) win; a None override is ignored.
         """
@@ -47,7 +75,16 @@ class ReceiverSettings:
             redis_url=source.get(ENV_REDIS_URL) or DEFAULT_REDIS_URL,
             dns_servers=parse_dns_servers(source.get(ENV_DNS_SERVERS)),
             extra_allowed=split_entries(source.get(ENV_ALLOWED_LIST)),
+            admin_hosts=split_entries(source.get(ENV_ADMIN_HOSTS)),
         )
+        limits: dict[str, Any] = {
+            "header_timeout": _number(source, ENV_HEADER_TIMEOUT, float),
+            "body_timeout": _number(source, ENV_BODY_TIMEOUT, float),
+            "idle_timeout": _number(source, ENV_IDLE_TIMEOUT, float),
+            "max_connections": _number(source, ENV_MAX_CONNECTIONS, int),
+            "rejected_payload_bytes": _number(source, ENV_REJECTED_PAYLOAD_BYTES, int),
+        }
+        settings = settings.with_overrides(**limits)
         return settings.with_overrides(**overrides)
 
     def with_overrides(self, **overrides: Any) -> ReceiverSettings:
@@ -57,3 +94,17 @@ class ReceiverSettings:
         if isinstance(values.get("extra_allowed"), str):
             values["extra_allowed"] = split_entries(values["extra_allowed"])
         return replace(self, **values)
+
+
+def _number(source: Mapping[str, str], name: str, kind: type[float] | type[int]) -> Any:
+    """A non-negative number from the environment, None when unset; a clear error otherwise."""
+    raw = source.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if value < 0:
+        raise ValueError(f"{name}={raw!r} must not be negative")
+    return value

@@ -23,13 +23,13 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import aiohttp
 import jmespath
-from redis.asyncio import Redis
 
 from retrieve_core.config import ApplicationConfig, IntegrationConfig, SecretStore
 from retrieve_core.enqueue import Delivery, Enqueuer, Outcome
 from retrieve_core.job import Job, new_job_id
 from retrieve_core.models import HttpSourceSpec
 from retrieve_core.pollstate import PollState, rfc3339
+from retrieve_core.redisclient import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ POLL_SOURCE_IP: Final = "poll"
 """The log records and jobs of polled items say where they came from in `source_ip`."""
 DEFAULT_DEDUPE_TTL: Final = 86_400
 MAX_DEDUPE_VALUE: Final = 512  # as the receiver truncates a delivery id
+MAX_PAGE_BYTES: Final = 16 * 1024 * 1024
+"""Of a source's answer, at most this much is read (decompressed): past it the run fails."""
 
 Fetch = Callable[[str], Awaitable[Any]]
 
@@ -96,7 +98,16 @@ def next_page_url(
         link = jmespath.search(pagination.next_link, body)
         if not isinstance(link, str) or not link:
             return None
-        return urljoin(current_url, link)  # a relative link is relative to the page
+        # A relative link is relative to the page; a link elsewhere is refused: the source's
+        # headers (often a token from a Secret) must never reach another server.
+        url = urljoin(current_url, link)
+        if _origin(url) != _origin(source.url):
+            scheme, host, port = _origin(source.url)
+            raise PollError(
+                f"the next page {_safe(url)} is not on the source's origin "
+                f"{scheme}://{host}:{port}: not followed"
+            )
+        return url
     if item_count == 0:  # page numbers: an empty page is the end
         return None
     page = pagination.start_page + page_index + 1
@@ -148,25 +159,57 @@ def source_headers(source: HttpSourceSpec, namespace: str, secrets: SecretStore)
     return headers
 
 
+def new_source_session() -> aiohttp.ClientSession:
+    """The session of one run: no cookies kept, no proxy from the environment."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+
+
 def http_fetcher(
     session: aiohttp.ClientSession, source: HttpSourceSpec, headers: dict[str, str]
 ) -> Fetch:
+    """GETs a page as destinations are called: redirects are not followed (the source's
+    headers stay with its URL), and at most `MAX_PAGE_BYTES` of an answer are read."""
     timeout = aiohttp.ClientTimeout(total=source.timeout_seconds)
 
     async def fetch(url: str) -> Any:
+        where = f"GET {_safe(url)}"
         try:
-            async with session.get(url, headers=headers, timeout=timeout) as response:
-                text = await response.text()
+            async with session.get(
+                url, headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                if 300 <= response.status < 400:
+                    raise PollError(f"{where}: HTTP {response.status}, redirects are not followed")
                 if response.status >= 400:
-                    raise PollError(f"GET {_safe(url)}: HTTP {response.status}")
+                    raise PollError(f"{where}: HTTP {response.status}")
+                body = await _read_bounded(response, where)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise PollError(f"GET {_safe(url)}: {exc.__class__.__name__}: {exc}") from exc
+            raise PollError(f"{where}: {exc.__class__.__name__}: {exc}") from exc
         try:
-            return json.loads(text)
+            return json.loads(body)
         except ValueError as exc:
-            raise PollError(f"GET {_safe(url)}: the answer is not JSON: {exc}") from exc
+            raise PollError(f"{where}: the answer is not JSON: {exc}") from exc
 
     return fetch
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, where: str) -> bytes:
+    too_large = PollError(f"{where}: the answer is larger than {MAX_PAGE_BYTES} bytes")
+    if response.content_length is not None and response.content_length > MAX_PAGE_BYTES:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await response.content.readany():
+        size += len(chunk)
+        if size > MAX_PAGE_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or ""), parts.port or default
 
 
 def _safe(url: str) -> str:
@@ -179,7 +222,7 @@ class Poller:
     """One run for one integration of one application."""
 
     def __init__(
-        self, redis: Redis, app: ApplicationConfig, integration: IntegrationConfig
+        self, redis: RedisClient, app: ApplicationConfig, integration: IntegrationConfig
     ) -> None:
         if integration.spec.schedule is None:
             raise PollError(f"integration {integration.name} has no spec.schedule")
@@ -203,7 +246,7 @@ class Poller:
         try:
             if fetch is None:
                 headers = source_headers(self.source, self.app.namespace, secrets)
-                async with aiohttp.ClientSession() as session:
+                async with new_source_session() as session:
                     items, pages = await paginate(
                         http_fetcher(session, self.source, headers), self.source, previous.since
                     )

@@ -9,7 +9,6 @@ is stored, and an outcome is never stored without the ack.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -18,18 +17,18 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic_core import to_json
-from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from retrieve_core.job import JOB_FIELD
 from retrieve_core.keys import CONSUMER_GROUP, COUNTER_TTL_SECONDS, AppKeys, counter_bucket
 from retrieve_core.logstore import encode_update
-from retrieve_core.resp import bulk, execute_packed
+from retrieve_core.redisclient import RedisClient
+from retrieve_core.resp import PackedScript, bulk
 
 log = logging.getLogger(__name__)
 
 
-async def ensure_group(redis: Redis, keys: AppKeys) -> bool:
+async def ensure_group(redis: RedisClient, keys: AppKeys) -> bool:
     """Creates the consumer group (and the stream) if missing; True when it was created.
 
     The group starts at id 0, so jobs enqueued before the first worker ever started are read.
@@ -89,7 +88,8 @@ redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
 redis.call('XDEL', KEYS[1], unpack(ids))
 return #ids
 """
-FINISH_SHA = hashlib.sha1(FINISH_SCRIPT.encode()).hexdigest().encode()
+FINISH = PackedScript(FINISH_SCRIPT)
+FINISH_SHA = FINISH.sha
 _FINISH_KEYS = 5
 _OUTCOME_KEYS = 2
 
@@ -148,7 +148,7 @@ return #ids
 
 
 class DelayedMover:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._script = redis.register_script(MOVE_DUE_SCRIPT)
 
     async def move_due(self, keys: AppKeys, limit: int = 500, now: float | None = None) -> int:
@@ -167,9 +167,10 @@ class Committer:
     learns whether its own outcome was stored.
     """
 
-    def __init__(self, redis: Redis, keys: AppKeys, max_batch: int = 256) -> None:
+    def __init__(self, redis: RedisClient, keys: AppKeys, max_batch: int = 256) -> None:
         self.redis = redis
         self.keys = keys
+        self._slot_key = keys.jobs.encode()
         self.max_batch = max_batch
         self._pending: list[tuple[Completion, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -212,10 +213,8 @@ class Committer:
             bulk(b"%d" % COUNTER_TTL_SECONDS),
             b"".join(a for _, a in packed),
         )  # fmt: skip
-        [reply] = await execute_packed(self.redis, data, 1)
-        if isinstance(reply, NoScriptError):  # Redis restarted or flushed its scripts
-            await self.redis.script_load(FINISH_SCRIPT)
-            [reply] = await execute_packed(self.redis, data, 1)
+        # To the node owning the application's slot; NOSCRIPT loads the script there.
+        [reply] = await FINISH.run(self.redis, [(self._slot_key, data)])
         for _, future in batch:
             if future.done():
                 continue

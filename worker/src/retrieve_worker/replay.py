@@ -13,11 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
-
 from retrieve_core.job import JOB_FIELD, Job
 from retrieve_core.keys import AppKeys
 from retrieve_core.logstore import LogStatus
+from retrieve_core.redisclient import RedisClient
 
 from .destinations import is_delivered
 
@@ -52,7 +51,7 @@ def _replayed_job(job: Job) -> Job:
 
 
 async def replay_dead_letters(
-    redis: Redis,
+    redis: RedisClient,
     keys: AppKeys,
     integration_id: str | None = None,
     progress: Progress | None = None,

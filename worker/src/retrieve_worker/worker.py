@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from retrieve_core.config import ApplicationConfig, IntegrationConfig
@@ -31,6 +30,7 @@ from retrieve_core.keys import CONSUMER_GROUP, AppKeys
 from retrieve_core.logstore import LogStatus, LogStore
 from retrieve_core.models import RetrySpec
 from retrieve_core.provider import ConfigProvider, ConfigSnapshot
+from retrieve_core.redisclient import RedisClient, Timeouts, connect_redis
 from retrieve_core.sandbox import Sandbox
 
 from .destinations import create_client
@@ -520,14 +520,16 @@ class Worker:
         provider: ConfigProvider,
         *,
         registry: CollectorRegistry | None = None,
-        redis: Redis | None = None,
+        redis: RedisClient | None = None,
         client: DestinationClient | None = None,
     ) -> None:
         self.settings = settings
         self.provider = provider
         self.metrics = WorkerMetrics(registry)
         self._own_redis = redis is None
-        self.redis: Redis = redis if redis is not None else Redis.from_url(settings.redis_url)
+        # Commands are bounded; the blocking XREADGROUP sets its own (shorter) block time.
+        timeouts = Timeouts(socket=settings.block_ms / 1000 + 10)
+        self.redis = redis if redis is not None else connect_redis(settings.redis_url, timeouts)
         self._own_client = client is None
         self._client = client
         self.sandbox = Sandbox(max_contexts=settings.max_rewrite_contexts)
