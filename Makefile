@@ -39,8 +39,20 @@ images: ## build the operator and receiver/worker images (needs Docker)
 	docker build -f images/Dockerfile --target operator -t $(OPERATOR_IMAGE) .
 	docker build -f images/Dockerfile --target runtime -t $(RUNTIME_IMAGE) .
 
+.PHONY: node-up
+node-up: ## a real single-node cluster in a network namespace, no Docker (root; docs/node.md)
+	hack/node/up.sh
+
+.PHONY: node-down
+node-down: ## stop the node and put the machine back
+	hack/node/down.sh
+
+.PHONY: node-install
+node-install: ## the charts and examples on the node, as a user installs them (docs/node.md)
+	hack/node/install.sh
+
 .PHONY: kind-up
-kind-up: ## kind cluster with ingress-nginx, the charts and the examples (needs Docker, kind)
+kind-up: ## kind cluster with Traefik (Ingress + Gateway API), the charts and the examples (needs Docker, kind)
 	IMAGE_TAG=$(IMAGE_TAG) hack/kind-up.sh
 
 .PHONY: kind-down
