@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh Debian/Ubuntu machine: redis-server (dev mode and the
 # tests), openssl (test cluster keys), a Python virtualenv in .venv with the package and its test
-# dependencies. Idempotent: a second run takes a few seconds.
+# dependencies. With --tests also what only the tests use: Debian's Chromium and chromedriver (the
+# web console's browser test). Idempotent: a second run takes a few seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,9 +10,11 @@ need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v openssl >/dev/null || need+=(openssl)
 command -v git >/dev/null || need+=(git)
-# The web console's end-to-end test drives Debian's headless Chromium through chromedriver.
-command -v chromium >/dev/null || need+=(chromium)
-command -v chromedriver >/dev/null || need+=(chromium-driver)
+if [[ ${1:-} == --tests ]]; then
+  # The web console's end-to-end test drives Debian's headless Chromium through chromedriver.
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v chromedriver >/dev/null || need+=(chromium-driver)
+fi
 if ((${#need[@]})); then
   if [[ $(id -u) -eq 0 ]]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
     echo "setup: please install: ${need[*]} (no root and no sudo here)" >&2; exit 1

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Sets everything up and runs the whole test suite: lint, type checks, generated-file drift, and
-# every pytest tier (unit, real Redis, end-to-end CLI, real Kubernetes API server).
+# every pytest tier (unit, real Redis, end-to-end CLI, real Kubernetes API server, a real node).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./hack/setup.sh
+./hack/setup.sh --tests
 
 # The real control plane (etcd, kube-apiserver, kube-controller-manager, kubectl, helm), built from
 # Go modules once per machine and cached (hack/testcluster/README.md).
 RETRIEVE_TESTCLUSTER_BIN=$(./hack/testcluster/build.sh | tail -n 1)
 export RETRIEVE_TESTCLUSTER_BIN
+# The node tier's single-node cluster (docs/node.md; needs root): CoreDNS and Traefik from Go
+# modules and the images from images/Dockerfile, built once and cached. tests/node brings the node
+# up and down itself.
+./hack/node/build.sh >/dev/null
+./hack/node/images.sh >/dev/null
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

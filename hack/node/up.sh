@@ -6,6 +6,7 @@
 #   containerd + runc + CNI bridge plugin                           (Debian packages)
 #   kubelet, kube-proxy (iptables mode)                             (hack/testcluster/build.sh)
 #   CoreDNS and Traefik v3 (Ingress and Gateway API controller)     (hack/node/build.sh)
+#   Gateway API standard CRDs, GatewayClass traefik, Gateway default/node-gateway (port 80)
 #   images: pause, Redis, retrieve-operator, retrieve-runtime        (hack/node/images.sh)
 #   StorageClass "local" (default) backed by static local PersistentVolumes made here
 #
@@ -315,7 +316,11 @@ EOF
 start kube-proxy "$K8S_BIN/kube-proxy" --config="$CFG/kube-proxy.yaml"
 wait_for "kube-proxy /healthz" kube-proxy 30 in_node curl -sf http://127.0.0.1:10256/healthz
 
-# ------------------------------------------------------------------- RBAC of CoreDNS and Traefik
+# ---------------------------------------- Gateway API CRDs, cluster objects, CoreDNS/Traefik RBAC
+GATEWAY_CRDS=$("$NODE_REPO/hack/gateway-api/crds.sh" | tail -n 1)
+kc apply --server-side -f "$GATEWAY_CRDS" >/dev/null
+kc wait --for=condition=Established crd/gateways.gateway.networking.k8s.io \
+  crd/httproutes.gateway.networking.k8s.io --timeout=60s >/dev/null
 kc apply -f "$NODE_REPO/hack/node/manifests/cluster.yaml" >/dev/null
 
 node_log "CoreDNS on $NODE_IP:53"
@@ -338,14 +343,20 @@ start coredns "$NODE_BIN/coredns" -conf "$CFG/Corefile"
 wait_for "CoreDNS /ready" coredns 30 in_node curl -sf http://127.0.0.1:8181/ready
 
 node_log "Traefik on $INGRESS_ADDR (Ingress class traefik, Gateway API when its CRDs exist)"
-start traefik "$NODE_BIN/traefik" --log.level=INFO --ping=true --global.checkNewVersion=false \
+start traefik "$NODE_BIN/traefik" --log.level=INFO --log.noColor=true --ping=true \
+  --global.checkNewVersion=false \
   --global.sendAnonymousUsage=false \
   --entryPoints.web.address="$INGRESS_ADDR" --entryPoints.traefik.address=127.0.0.1:9000 \
   --providers.kubernetesingress=true \
   --providers.kubernetesingress.endpoint="$API_SERVER" \
   --providers.kubernetesingress.token="$(<"$CFG/traefik.token")" \
   --providers.kubernetesingress.certAuthFilePath="$PKI/ca.crt" \
-  --providers.kubernetesingress.ingressEndpoint.ip="$NODE_IP"
+  --providers.kubernetesingress.ingressEndpoint.ip="$NODE_IP" \
+  --providers.kubernetesgateway=true \
+  --providers.kubernetesgateway.endpoint="$API_SERVER" \
+  --providers.kubernetesgateway.token="$(<"$CFG/traefik.token")" \
+  --providers.kubernetesgateway.certAuthFilePath="$PKI/ca.crt" \
+  --providers.kubernetesgateway.statusAddress.ip="$NODE_IP"
 wait_for "Traefik /ping" traefik 30 in_node curl -sf http://127.0.0.1:9000/ping
 
 # ------------------------------------------------------------------------------------- storage

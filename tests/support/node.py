@@ -98,11 +98,11 @@ def post(
     return HttpAnswer(int(code or 0), text)
 
 
-def post_accepted(path: str, body: str, timeout: float = 60.0) -> HttpAnswer:
+def post_accepted(path: str, body: str, *, host: str = HOST, timeout: float = 60.0) -> HttpAnswer:
     """POST until the answer is 200 (while an Ingress or a pod is being replaced)."""
 
     def probe() -> HttpAnswer | None:
-        answer = post(path, body)
+        answer = post(path, body, host=host)
         return answer if answer.status == 200 else None
 
     return eventually(f"POST {path} to be accepted", probe, timeout)

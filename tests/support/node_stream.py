@@ -4,7 +4,8 @@ Run inside the node's network namespace (``hack/node/run python -m tests.support
 Each webhook is a Shopify-style order with its own ``X-Shopify-Webhook-Id``; a connection error or
 a 5xx is retried with the same id (as Shopify retries) until the webhook is answered 200 or the
 deadline passes. Prints one JSON object: which order ids were accepted, the answers seen, and how
-many retries it took. Stops by itself after ``--count`` webhooks or ``--deadline`` seconds.
+many retries it took. Stops by itself after ``--count`` webhooks or ``--duration`` seconds of
+sending, and gives up retrying after ``--deadline`` seconds.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--first-id", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--interval", type=float, default=0.02, help="pause between sends")
-    parser.add_argument("--deadline", type=float, default=120.0)
+    parser.add_argument(
+        "--duration", type=float, default=0.0, help="stop sending new webhooks after"
+    )
+    parser.add_argument("--deadline", type=float, default=120.0, help="stop retrying after")
     parser.add_argument("--sender", default="127.0.0.1")
     args = parser.parse_args(argv)
 
@@ -35,7 +39,9 @@ async def main(argv: list[str]) -> int:
     accepted: list[int] = []
     failed: list[int] = []
     retries = 0
-    stop_at = time.monotonic() + args.deadline
+    started = time.monotonic()
+    stop_at = started + args.deadline
+    send_until = started + args.duration if args.duration else float("inf")
     queue: asyncio.Queue[int] = asyncio.Queue()
     for order_id in range(args.first_id, args.first_id + args.count):
         queue.put_nowait(order_id)
@@ -82,7 +88,7 @@ async def main(argv: list[str]) -> int:
             delay = min(delay * 2, 2.0)
 
     async def sender(session: aiohttp.ClientSession) -> None:
-        while not queue.empty():
+        while not queue.empty() and time.monotonic() < send_until:
             order_id = queue.get_nowait()
             await send(session, order_id)
             await asyncio.sleep(args.interval)
