@@ -2,10 +2,11 @@
 
 Starts a private `redis-server` on a free port and an HTTP sink in a child process, enqueues N
 jobs (log record + stream entry, as the receiver stores them), then runs one Worker in this
-process, on the event loop `retrieve worker` uses, and reports jobs/s for (a) field mapping only
-and (b) a JS rewrite + field mapping.
+process, on the event loop `retrieve worker` uses, and reports jobs/s for (a) field mapping only,
+(b) a JS rewrite + field mapping, and (c) field mapping to a batched destination
+(`batch: {maxRecords: 100, maxWaitMs: 50}`), the same sink.
 
-    python bench/worker_bench.py --jobs 20000 [--concurrency 128] [--profile]
+    python bench/worker_bench.py --jobs 20000 [--concurrency 128] [--only mapping|rewrite|batched]
 """
 
 from __future__ import annotations
@@ -89,11 +90,17 @@ def wait_port(port: int, timeout: float = 10) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def make_app(name: str, sink_url: str, rewrite: bool) -> ApplicationConfig:
+BATCH = {"maxRecords": 100, "maxWaitMs": 50}
+
+
+def make_app(name: str, sink_url: str, rewrite: bool, batched: bool = False) -> ApplicationConfig:
+    http: dict[str, Any] = {"url": sink_url, "timeoutSeconds": 10}
+    if batched:
+        http["batch"] = BATCH
     spec: dict[str, Any] = {
         "application": name,
         "fieldMapping": MAPPING,
-        "destinations": [{"name": "warehouse", "http": {"url": sink_url, "timeoutSeconds": 10}}],
+        "destinations": [{"name": "warehouse", "http": http}],
     }
     if rewrite:
         spec["rewrite"] = {"javascript": REWRITE}
@@ -153,9 +160,11 @@ async def scenario(
     rewrite: bool,
     pids: dict[str, int],
     profile: bool = False,
+    batched: bool = False,
 ) -> float:
     redis = Redis.from_url(redis_url)
-    app = make_app(f"{'rewrite' if rewrite else 'mapping'}-{int(time.time())}", sink_url, rewrite)
+    kind = "batched" if batched else "rewrite" if rewrite else "mapping"
+    app = make_app(f"{kind}-{int(time.time())}", sink_url, rewrite, batched)
     await enqueue(redis, app, jobs)
     print(f"{label:<22} {jobs} jobs enqueued, processing", flush=True)
     provider = ConfigProvider()
@@ -248,21 +257,27 @@ async def main(args: argparse.Namespace) -> None:
         wait_port(sink_port)
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         sink_url = f"http://127.0.0.1:{sink_port}/orders"
-        for rewrite in (False, True):
-            if args.only and args.only != ("rewrite" if rewrite else "mapping"):
-                continue
-            label = "(b) rewrite + mapping" if rewrite else "(a) mapping only"
-            pids = {"worker": os.getpid(), "redis": redis_proc.pid, "sink": sink_proc.pid}
-            await scenario(
-                label,
-                redis_url,
-                sink_url,
-                args.jobs,
-                args.concurrency,
-                rewrite,
-                pids,
-                args.profile,
-            )
+        scenarios = (
+            ("mapping", "(a) mapping only", False, False),
+            ("rewrite", "(b) rewrite + mapping", True, False),
+            ("batched", "(c) mapping, batched", False, True),
+        )
+        for _ in range(args.rounds):
+            for kind, label, rewrite, batched in scenarios:
+                if args.only and args.only != kind:
+                    continue
+                pids = {"worker": os.getpid(), "redis": redis_proc.pid, "sink": sink_proc.pid}
+                await scenario(
+                    label,
+                    redis_url,
+                    sink_url,
+                    args.jobs,
+                    args.concurrency,
+                    rewrite,
+                    pids,
+                    args.profile,
+                    batched,
+                )
     finally:
         for proc in (sink_proc, redis_proc):
             proc.send_signal(signal.SIGTERM)
@@ -277,7 +292,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=128)
-    parser.add_argument("--only", choices=("mapping", "rewrite"))
+    parser.add_argument("--only", choices=("mapping", "rewrite", "batched"))
+    parser.add_argument("--rounds", type=int, default=1, help="run the scenarios this many times")
     parser.add_argument("--profile", action="store_true")
     # The event loop and GC settings of `retrieve worker` (uvloop when installed).
     run_event_loop(main(parser.parse_args()))

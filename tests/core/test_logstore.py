@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 from redis.asyncio import Redis
 
 from retrieve_core.keys import AppKeys
-from retrieve_core.logstore import LogRecord, LogStatus, LogStore, add_record
+from retrieve_core.logstore import LogRecord, LogStatus, LogStore, add_record, encode_update
 
 
 async def _store_records(redis: Redis, keys: AppKeys, timestamps: list[float]) -> list[str]:
@@ -54,3 +55,15 @@ async def test_trim_drops_records_older_than_the_age_bound(redis_client: Redis) 
 
     assert await redis_client.zrange(keys.log_index, 0, -1) == [i.encode() for i in ids[2:]]
     assert [r.id for r in await store.query()] == [ids[3], ids[2]]
+
+
+@pytest.mark.unit
+def test_a_processing_result_encodes_as_json_even_with_text_utf8_cannot_carry() -> None:
+    flat = encode_update(
+        {"attempts": 2, "console": ["caf\u00e9", "lone \ud800"], "destinations": [{"ms": 1.5}]}
+    )
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    assert json.loads(fields["attempts"]) == 2
+    assert json.loads(fields["console"]) == ["caf\u00e9", "lone \ud800"]
+    assert json.loads(fields["destinations"]) == [{"ms": 1.5}]
+    assert float(fields["updated_at"]) > 0

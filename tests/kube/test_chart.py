@@ -303,6 +303,29 @@ def test_external_redis_without_url_is_a_clear_error(
     assert "redis.external.url is required" in result.stderr
 
 
+@pytest.mark.parametrize("enabled", [False, True], ids=["default", "gatewayApi.enabled"])
+def test_the_operator_may_manage_http_routes_only_with_gateway_api_enabled(
+    kube_cluster: KubeTestCluster, kube_namespace: str, enabled: bool
+) -> None:
+    values = {"gatewayApi": {"enabled": True}} if enabled else None
+    _, docs = _template(kube_cluster, kube_namespace, values)
+    (role,) = [
+        r for r in _by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("operator")
+    ]
+    routes = [r for r in role["rules"] if "gateway.networking.k8s.io" in r["apiGroups"]]
+    if enabled:
+        assert routes == rbac.operator_gateway_api_rules()
+        assert routes[0]["resources"] == ["httproutes"]  # no Gateways, no ReferenceGrants
+    else:
+        assert routes == []
+    (deployment,) = _by_kind(docs, "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["RETRIEVE_GATEWAY_API"] == ("true" if enabled else "false")
+
+
 def test_installed_chart_rbac_lets_the_operator_provision_runtime_rbac_and_no_more(
     cluster_with_crds: KubeTestCluster,
     kube_namespace: str,

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -129,9 +130,10 @@ def unique_id() -> str:
 # ------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def operator_rbac(kube_cluster: KubeTestCluster) -> Iterator[dict[str, str]]:
-    """CRDs applied; the chart's operator ServiceAccount, ClusterRole(Binding) and peering."""
+@contextmanager
+def chart_operator_rbac(kube_cluster: KubeTestCluster, *values: str) -> Iterator[dict[str, str]]:
+    """CRDs applied; the chart's operator ServiceAccount, ClusterRole(Binding) and peering,
+    rendered with `values` (helm --set NAME=VALUE) on top of an external default Redis."""
     kube_cluster.kubectl(
         "apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds")
     )
@@ -144,16 +146,14 @@ def operator_rbac(kube_cluster: KubeTestCluster) -> Iterator[dict[str, str]]:
     namespace = f"retrieve-op-{secrets.token_hex(3)}"
     release = f"op{secrets.token_hex(3)}"
     kube_cluster.kubectl("create", "namespace", namespace)
+    sets = ["redis.enabled=false", f"redis.external.url={DEFAULT_REDIS}", *values]
     rendered = kube_cluster.helm(
         "template",
         release,
         str(CHART),
         "--namespace",
         namespace,
-        "--set",
-        "redis.enabled=false",
-        "--set",
-        f"redis.external.url={DEFAULT_REDIS}",
+        *(arg for value in sets for arg in ("--set", value)),
     ).stdout
     documents = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in OPERATOR_KINDS]
     assert {d["kind"] for d in documents} == OPERATOR_KINDS
@@ -180,6 +180,12 @@ def operator_rbac(kube_cluster: KubeTestCluster) -> Iterator[dict[str, str]]:
             check=False,
         )
         kube_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def operator_rbac(kube_cluster: KubeTestCluster) -> Iterator[dict[str, str]]:
+    with chart_operator_rbac(kube_cluster) as rbac:
+        yield rbac
 
 
 @pytest.fixture(scope="module")
@@ -426,6 +432,22 @@ def test_disabling_the_webhook_removes_ingress_and_receiver(world: Cluster) -> N
     world.apply(application())
     world.wait_ready("retrieveapplication", "yourapp", "Reconciled")
     eventually(lambda: world.get("ingress", "yourapp-webhook"), "the Ingress back")
+
+
+def test_a_gateway_route_without_the_operators_gateway_api_support_is_reported(
+    world: Cluster,
+) -> None:
+    """This operator runs as the chart installs it by default (gatewayApi.enabled=false)."""
+    gateway = {"parentRefs": [{"name": "shared-gw", "namespace": "infra"}]}
+    world.apply(
+        application(webhook={"enabled": True, "domain": "retrievetl.com", "gateway": gateway}),
+        integration("orders", integrationId=unique_id()),
+    )
+    condition = world.wait_ready("retrieveapplication", "yourapp", "GatewayAPIDisabled")
+    assert condition["status"] == "False"
+    assert "gatewayApi.enabled=true" in condition["message"]
+    eventually(lambda: world.get("service", "yourapp-receiver"), "the receiver Service")
+    assert world.get("ingress", "yourapp-webhook") is None
 
 
 def test_a_missing_secret_is_reported_until_it_exists(world: Cluster) -> None:

@@ -373,3 +373,43 @@ def test_receiver_reads_the_console_token_from_an_optional_secret_and_drains_on_
         "optional": True,
     }
     assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+
+
+def test_config_map_passes_notifications_and_destination_batches_through_to_the_runtime() -> None:
+    integration = IntegrationConfig(
+        id="BULK1",
+        name="bulk-orders",
+        spec=IntegrationSpec.model_validate(
+            {
+                "application": "yourapp",
+                "destinations": [
+                    {
+                        "name": "erp",
+                        "http": {
+                            "url": "https://erp.example/bulk",
+                            "batch": {"maxRecords": 100, "maxWaitMs": 500},
+                        },
+                    }
+                ],
+            }
+        ),
+    )
+    hook = {
+        "name": "ops",
+        "url": "https://hooks.example/T0/B0",
+        "format": "slack",
+        "events": ["deadLetter", "rejectedBurst"],
+        "headersFrom": [{"name": "Authorization", "secretKeyRef": {"name": "hook", "key": "t"}}],
+    }
+    app = _app({"notifications": [hook]}, integrations=(integration,))
+
+    text = builders.build_config_map(app)["data"][CONFIG_MAP_KEY]
+
+    config = ApplicationConfig.from_json(text)
+    assert config == app.config
+    [notification] = config.spec.notifications
+    assert (notification.name, notification.format) == ("ops", "slack")
+    assert ("hook", "t") in config.secret_refs()  # the runtime watches that Secret
+    batch = config.integrations[0].spec.destinations[0].http.batch
+    assert batch is not None
+    assert (batch.max_records, batch.max_wait_ms) == (100, 500)

@@ -275,3 +275,33 @@ def test_operator_never_writes_secrets_and_holds_what_runtime_roles_grant() -> N
                 for resource in rule["resources"]:
                     for verb in rule["verbs"]:
                         assert (group, resource, verb) in held
+
+
+def _spec_schema(crd: dict[str, Any]) -> dict[str, Any]:
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    spec: dict[str, Any] = schema["properties"]["spec"]
+    return spec
+
+
+def test_batch_bounds_and_notification_lists_are_checked_by_the_schema() -> None:
+    integration = _spec_schema(crds.integration_crd())
+    http = integration["properties"]["destinations"]["items"]["properties"]["http"]
+    batch = http["properties"]["batch"]
+    assert batch["required"] == ["maxRecords", "maxWaitMs"]
+    assert batch["properties"]["maxRecords"]["minimum"] == 1
+    assert batch["properties"]["maxRecords"]["maximum"] == 1000
+    assert batch["properties"]["maxWaitMs"]["minimum"] == 0
+    assert batch["properties"]["maxWaitMs"]["maximum"] == 60_000
+
+    application = _spec_schema(crds.application_crd())
+    notifications = application["properties"]["notifications"]
+    assert notifications["x-kubernetes-list-type"] == "map"
+    assert notifications["x-kubernetes-list-map-keys"] == ["name"]
+    item = notifications["items"]
+    assert item["properties"]["events"]["x-kubernetes-list-type"] == "set"
+    assert item["properties"]["events"]["items"]["enum"] == [
+        "deadLetter", "rewriteError", "pollFailed", "rejectedBurst",
+    ]  # fmt: skip
+    assert item["properties"]["format"]["enum"] == ["json", "slack"]
+    assert item["properties"]["minIntervalSeconds"]["minimum"] == 1
+    assert set(item["required"]) == {"name", "url", "events"}

@@ -235,7 +235,7 @@ def test_disabled_webhook_keeps_integrations_in_the_config_without_urls() -> Non
         "Ready",
         True,
         "WebhookDisabled",
-        "webhook disabled: no receiver or Ingress; 1 integration(s), 1 not ready (orders)",
+        "webhook disabled: no receiver or route; 1 integration(s), 1 not ready (orders)",
     )
     (integration,) = plan.integrations
     assert integration.condition.reason == "WebhookDisabled"

@@ -11,6 +11,7 @@ from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
 from retrieve_core.keys import COUNTER_REJECTED, COUNTER_TTL_SECONDS, counter_bucket
+from retrieve_core.notifications import NotificationAttempt, record_attempt
 from retrieve_receiver.admin import init_admin_app
 from retrieve_receiver.console import ConsoleSettings, QueueHistory, QueueSample
 from retrieve_receiver.settings import ReceiverSettings
@@ -136,3 +137,30 @@ async def test_the_console_path_without_a_slash_redirects(
     answer = await client.get("/console", headers=BEARER, allow_redirects=False)
     assert answer.status == 302
     assert answer.headers["Location"] == "/console/"
+
+
+async def test_the_console_lists_notification_attempts_and_needs_the_token(
+    aiohttp_client: AiohttpClient, redis_server: RedisServer, redis_client: Redis
+) -> None:
+    await redis_client.delete(APP.keys.notify_log)
+    for n, result in enumerate(("sent", "failed")):
+        attempt = NotificationAttempt(
+            ts=time.time() + n, notification="ops", event="deadLetter",
+            integration_id="ORDERS1", result=result, http_status=200 if n == 0 else None,
+            error="" if n == 0 else "unreachable: ClientConnectorError",
+        )  # fmt: skip
+        await record_attempt(redis_client, APP.keys, attempt)
+    client = await console_client(aiohttp_client, redis_server.url, ConsoleSettings(TOKEN))
+
+    assert (await client.get("/console/api/notifications")).status == 401
+    answer = await client.get("/console/api/notifications", headers=BEARER)
+    assert answer.status == 200
+    data = await answer.json()
+    assert [(a["result"], a["event"]) for a in data["attempts"]] == [
+        ("failed", "deadLetter"),
+        ("sent", "deadLetter"),
+    ]
+    failed = await client.get("/console/api/notifications?result=failed", headers=BEARER)
+    assert [a["error"] for a in (await failed.json())["attempts"]] == [
+        "unreachable: ClientConnectorError"
+    ]

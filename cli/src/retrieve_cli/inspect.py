@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from retrieve_core.logstore import LogRecord, LogStatus, LogStore
+from retrieve_core.notifications import NotificationAttempt, read_attempts
 from retrieve_core.redisclient import CLI_TIMEOUTS, connect_redis
 
 from .selection import UsageError, resolve_redis_url, resolve_targets
@@ -78,7 +79,62 @@ def render_table(records: list[LogRecord], *, payload: bool) -> Table:
     return table
 
 
+def render_notifications(attempts: list[NotificationAttempt]) -> Table:
+    table = Table()
+    for column in (
+        "time (UTC)", "notification", "event", "integration", "count", "result", "HTTP",
+        "attempts", "error",
+    ):  # fmt: skip
+        table.add_column(column, overflow="fold")
+    for a in attempts:
+        table.add_row(
+            cell(_time(a.ts)),
+            cell(a.notification),
+            cell(a.event),
+            cell(a.integration_id),
+            cell(str(a.count)),
+            cell(a.result, "green" if a.result == "sent" else "red"),
+            cell(str(a.http_status) if a.http_status is not None else "-"),
+            cell(str(a.attempts)),
+            cell(a.error),
+        )
+    return table
+
+
+async def _notifications(args: argparse.Namespace) -> int:
+    wrong = [s for s in args.status if s not in ("sent", "failed")]
+    if wrong or len(args.status) > 1:
+        raise UsageError("with --notifications, --status is sent or failed (once)")
+    targets = resolve_targets(args, args.integration)
+    redis = connect_redis(resolve_redis_url(args), CLI_TIMEOUTS)
+    attempts: list[NotificationAttempt] = []
+    try:
+        for target in targets:
+            attempts += await read_attempts(
+                redis,
+                target.keys,
+                limit=args.limit,
+                integration_id=target.integration_id,
+                result=args.status[0] if args.status else None,
+            )
+    finally:
+        await redis.aclose()
+    attempts = sorted(attempts, key=lambda a: a.ts, reverse=True)[: args.limit]
+    if args.json:
+        for attempt in attempts:
+            sys.stdout.write(json_line(attempt.model_dump(mode="json")) + "\n")
+        return 0
+    console = Console(width=None if sys.stdout.isatty() else 400)
+    if not attempts:
+        console.print("no notification attempts match")
+        return 0
+    console.print(render_notifications(attempts))
+    return 0
+
+
 async def _logs(args: argparse.Namespace) -> int:
+    if getattr(args, "notifications", False):
+        return await _notifications(args)
     statuses = _check_statuses(args.status)
     targets = resolve_targets(args, args.integration)
     redis = connect_redis(resolve_redis_url(args), CLI_TIMEOUTS)

@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--limit", type=int, default=20)
     logs.add_argument("--json", action="store_true", help="one JSON object per line")
     logs.add_argument("--payload", action="store_true", help="show payloads in the table")
+    logs.add_argument(
+        "--notifications",
+        action="store_true",
+        help="show error notification attempts instead (--status sent|failed)",
+    )
     logs.set_defaults(handler=_lazy("retrieve_cli.inspect", "run_logs"))
 
     replay = sub.add_parser("replay", help="requeue the dead-lettered jobs of an integration")

@@ -35,10 +35,21 @@ class ApplicationConfig(BaseModel):
     integrations: tuple[IntegrationConfig, ...] = ()
 
     @property
+    def hosts(self) -> tuple[str, ...]:
+        """Where the webhook is served: webhook-<app>.<domain>, or the Gateway route's
+        `hostnames` when set; empty when the webhook is disabled."""
+        webhook = self.spec.webhook
+        if not webhook.enabled:
+            return ()
+        if webhook.gateway is not None and webhook.gateway.hostnames:
+            return tuple(webhook.gateway.hostnames)
+        return (webhook_host(self.name, webhook.domain),)
+
+    @property
     def host(self) -> str | None:
-        if not self.spec.webhook.enabled:
-            return None
-        return webhook_host(self.name, self.spec.webhook.domain)
+        """The host of the integrations' URLs (the first of `hosts`)."""
+        hosts = self.hosts
+        return hosts[0] if hosts else None
 
     @property
     def keys(self) -> AppKeys:
@@ -65,6 +76,9 @@ class ApplicationConfig(BaseModel):
             if integration.spec.schedule:  # headers of the polled source (e.g. Authorization)
                 for header in integration.spec.schedule.source.http.headers_from:
                     refs.add((header.secret_key_ref.name, header.secret_key_ref.key))
+        for notification in self.spec.notifications:  # e.g. a chat webhook's Authorization
+            for header in notification.headers_from:
+                refs.add((header.secret_key_ref.name, header.secret_key_ref.key))
         return refs
 
 

@@ -36,6 +36,12 @@ REASON_SECRET_NOT_FOUND: Final = "SecretNotFound"
 REASON_REWRITE_TEST_FAILED: Final = "RewriteTestFailed"
 REASON_INVALID_SPEC: Final = "InvalidSpec"
 REASON_INTEGRATION_DISABLED: Final = "IntegrationDisabled"
+# spec.webhook.gateway: the HTTPRoute and what the Gateway said of it (status.parents).
+REASON_GATEWAY_API_DISABLED: Final = "GatewayAPIDisabled"
+REASON_GATEWAY_API_NOT_INSTALLED: Final = "GatewayAPINotInstalled"
+REASON_ROUTE_PENDING: Final = "RoutePending"
+REASON_ROUTE_NOT_ACCEPTED: Final = "RouteNotAccepted"
+REASON_ROUTE_REFS_NOT_RESOLVED: Final = "RouteRefsNotResolved"
 # spec.schedule: True while the last `retrieve poll` run failed.
 CONDITION_POLL_FAILING: Final = "PollFailing"
 REASON_POLL_FAILED: Final = "PollFailed"

@@ -20,6 +20,7 @@ COUNTER_RECEIVED: Final = "received"  # accepted and enqueued
 COUNTER_REJECTED: Final = "rejected"  # answered 4xx/5xx
 COUNTER_DUPLICATE: Final = "duplicate"  # answered 200, not enqueued again
 COUNTER_FAILED: Final = "failed"
+COUNTER_UNAUTHORIZED: Final = "unauthorized"  # answered 401/403 (rejectedBurst notifications)
 COUNTER_BUCKET_SECONDS: Final = 60
 COUNTER_TTL_SECONDS: Final = 2 * 3600
 
@@ -106,6 +107,25 @@ class AppKeys:
         """Hash of one integration's scheduled polls: the `since` window start and the last
         run's outcome (written by `retrieve poll`, read by the operator into status)."""
         return self._key("poll", integration_id)
+
+    @property
+    def notify_gate_prefix(self) -> str:
+        """`notify_gate_prefix + <notification>:<integration id>:<event>`: hash of the events
+        of one kind for one integration not yet told by one notification (`count`, the latest
+        event's fields) and when that notification last sent a message (`last_sent`)."""
+        return self._key("notify", "gate", "")
+
+    @property
+    def notify_due(self) -> str:
+        """Sorted set of gates (`<notification>:<integration id>:<event>`) with events to
+        send, scored by the time their message is due (`minIntervalSeconds` after the last)."""
+        return self._key("notify", "due")
+
+    @property
+    def notify_log(self) -> str:
+        """Stream of notification attempts (capped), shown by `retrieve logs --notifications`
+        and the web console."""
+        return self._key("notify", "log")
 
     def rate_limit(self, scope: str) -> str:
         """Hash (tokens, ts) of one token bucket: scope `app` or `int:<integration id>`."""

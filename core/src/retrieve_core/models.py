@@ -31,10 +31,14 @@ from .redisclient import REDIS_URL_PATTERN, parse_redis_url
 DOMAIN_PATTERN = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
 INTEGRATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 
 MAX_ALLOWED_LIST = 1000
 MAX_TRUSTED_PROXIES = 100
+# Gateway API's own bounds on an HTTPRoute's parentRefs and hostnames.
+MAX_GATEWAY_PARENTS = 32
+MAX_GATEWAY_HOSTNAMES = 16
 
 _DOMAIN_RE = re.compile(DOMAIN_PATTERN)
 
@@ -80,6 +84,40 @@ class TLSSpec(SpecModel):
     cluster_issuer: str | None = None
 
 
+class GatewayParentRef(SpecModel):
+    """A Gateway (gateway.networking.k8s.io) the webhook's HTTPRoute attaches to."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="the Gateway")
+    namespace: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description="the Gateway's namespace; unset: the application's namespace (another "
+        "namespace must admit the route: the listener's allowedRoutes)",
+    )
+    section_name: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+        description="one listener of the Gateway (by name); unset: every listener that admits "
+        "the route",
+    )
+
+
+class GatewaySpec(SpecModel):
+    """Route the webhook host through Gateway API: an HTTPRoute <app>-webhook, not an Ingress."""
+
+    parent_refs: list[GatewayParentRef] = Field(
+        min_length=1, max_length=MAX_GATEWAY_PARENTS, description="the Gateways to attach to"
+    )
+    hostnames: list[Annotated[str, Field(pattern=DOMAIN_PATTERN, max_length=253)]] = Field(
+        default_factory=list,
+        max_length=MAX_GATEWAY_HOSTNAMES,
+        description="host names of the route; unset: [webhook-<app>.<domain>]. The first one "
+        "is the host of the integrations' URLs",
+    )
+
+
 class WebhookSpec(SpecModel):
     enabled: bool = True
     domain: str = Field(
@@ -87,11 +125,34 @@ class WebhookSpec(SpecModel):
     )
     ingress_class_name: str | None = None
     tls: TLSSpec | None = None
+    gateway: GatewaySpec | None = Field(
+        default=None,
+        description="Route through Gateway API: an HTTPRoute <name>-webhook attached to these "
+        "Gateways instead of an Ingress (not with ingressClassName or tls: TLS is the Gateway "
+        "listener's). Needs the operator's Gateway API support (chart value gatewayApi.enabled).",
+    )
+
+    @model_validator(mode="after")
+    def _one_route_kind(self) -> WebhookSpec:
+        if self.gateway is not None and (self.ingress_class_name or self.tls is not None):
+            raise ValueError(
+                "set either gateway (an HTTPRoute) or ingressClassName/tls (an Ingress), not "
+                "both; with a Gateway, TLS is configured on its listener"
+            )
+        return self
 
 
 class SecretKeyRef(SpecModel):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", max_length=253)
     key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
+class HeaderFromSecret(SpecModel):
+    """A request header whose value is a Secret's key (e.g. Authorization), never inlined."""
+
+    name: str = Field(pattern=HEADER_NAME_PATTERN)
+    secret_key_ref: SecretKeyRef
+    prefix: str = Field(default="", description='put before the value, e.g. "Bearer "')
 
 
 class ComponentSpec(SpecModel):
@@ -158,6 +219,60 @@ class RateLimitSpec(SpecModel):
         return self.burst if self.burst is not None else max(1, math.ceil(self.requests_per_second))
 
 
+class NotificationEvent(StrEnum):
+    DEAD_LETTER = "deadLetter"  # a job's retries are spent; it went to the dead-letter stream
+    REWRITE_ERROR = "rewriteError"  # a rewrite function threw or timed out
+    POLL_FAILED = "pollFailed"  # a scheduled poll of spec.schedule failed
+    REJECTED_BURST = "rejectedBurst"  # > rejectedBurstThreshold 401/403 answers in a minute
+
+
+class NotificationSpec(SpecModel):
+    """Where error events of the application's integrations are sent (best-effort)."""
+
+    name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63)
+    url: str = Field(
+        pattern=r"^https?://", max_length=2048, description="where messages are POSTed"
+    )
+    format: Literal["json", "slack"] = Field(
+        default="json",
+        description='json: {"event", "namespace", "application", "integration", '
+        '"integrationId", "jobId", "error", "at", "count"}; slack: {"text": ...}',
+    )
+    events: list[NotificationEvent] = Field(
+        min_length=1, max_length=4, description="the events that send a message"
+    )
+    min_interval_seconds: int = Field(
+        default=300,
+        ge=1,
+        le=86_400,
+        description="events of one kind for one integration within this interval are "
+        "aggregated into one message (count)",
+    )
+    rejected_burst_threshold: int = Field(
+        default=20,
+        ge=1,
+        le=1_000_000,
+        description="rejectedBurst: more than this many 401/403 answers for one "
+        "integration within a minute",
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="request headers")
+    headers_from: list[HeaderFromSecret] = Field(
+        default_factory=list,
+        max_length=16,
+        description="request headers from Secrets (e.g. Authorization), never inlined",
+    )
+
+    @field_validator("events")
+    @classmethod
+    def _unique_events(cls, value: list[NotificationEvent]) -> list[NotificationEvent]:
+        if len(value) != len(set(value)):
+            raise ValueError("events must be unique")
+        return value
+
+
+MAX_NOTIFICATIONS = 16
+
+
 class RetrieveApplicationSpec(SpecModel):
     webhook: WebhookSpec
     # Bounded so the API server can budget the CEL rules that check each entry.
@@ -170,6 +285,19 @@ class RetrieveApplicationSpec(SpecModel):
     redis: RedisSpec = Field(default_factory=RedisSpec)
     webhook_logs: WebhookLogsSpec = Field(default_factory=WebhookLogsSpec)
     rate_limit: RateLimitSpec | None = None
+    notifications: list[NotificationSpec] = Field(
+        default_factory=list,
+        max_length=MAX_NOTIFICATIONS,
+        description="error notifications (best-effort; sent by the workers)",
+    )
+
+    @field_validator("notifications")
+    @classmethod
+    def _unique_notifications(cls, value: list[NotificationSpec]) -> list[NotificationSpec]:
+        names = [n.name for n in value]
+        if len(names) != len(set(names)):
+            raise ValueError("notification names must be unique")
+        return value
 
     @field_validator("allowed_list")
     @classmethod
@@ -234,11 +362,40 @@ class RewriteSpec(SpecModel):
     tests: list[RewriteTest] = Field(default_factory=list)
 
 
+MAX_BATCH_RECORDS = 1000
+MAX_BATCH_WAIT_MS = 60_000
+DEFAULT_RECORD_ID_FIELD = "_retrieve_id"
+
+
+class BatchSpec(SpecModel):
+    """Records of one integration for this destination sent together as one JSON array."""
+
+    # A batch is built by one worker process: records taken by two workers go in two batches.
+    max_records: int = Field(ge=1, le=MAX_BATCH_RECORDS, description="records per request at most")
+    max_wait_ms: int = Field(
+        ge=0,
+        le=MAX_BATCH_WAIT_MS,
+        description="longest a record waits for its batch after its job was taken (ms)",
+    )
+    record_id_field: str = Field(
+        default=DEFAULT_RECORD_ID_FIELD,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]*$",
+        description="field added to each object record with its stable id "
+        '(<jobId>-<destination>-<index>); "" adds none',
+    )
+
+
 class HttpDestination(SpecModel):
     url: str = Field(pattern=r"^https?://")
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_seconds: float = Field(default=10, gt=0, le=300)
+    batch: BatchSpec | None = Field(
+        default=None,
+        description="send records as JSON arrays, at most maxRecords per request, none waiting "
+        "more than maxWaitMs (per worker process)",
+    )
 
 
 class Destination(SpecModel):
@@ -259,14 +416,6 @@ def _check_jmespath(value: str | None) -> str | None:
         except jmespath.exceptions.JMESPathError as exc:
             raise ValueError(f"{value!r} is not a JMESPath expression: {exc}") from None
     return value
-
-
-class HeaderFromSecret(SpecModel):
-    """A request header whose value is a Secret's key (e.g. Authorization), never inlined."""
-
-    name: str = Field(pattern=HEADER_NAME_PATTERN)
-    secret_key_ref: SecretKeyRef
-    prefix: str = Field(default="", description='put before the value, e.g. "Bearer "')
 
 
 class PaginationSpec(SpecModel):

@@ -28,10 +28,11 @@ from retrieve_core.constants import (
 )
 from retrieve_core.models import ComponentSpec
 
+from .gateway import GATEWAY_API_VERSION, GATEWAY_GROUP, GATEWAY_KIND, HTTPROUTE_KIND
 from .rbac import runtime_name
 
 Manifest = dict[str, Any]
-Component = Literal["receiver", "worker", "config", "ingress"]
+Component = Literal["receiver", "worker", "config", "ingress", "httproute"]
 
 HTTP_PORT: Final = 8080
 ADMIN_PORT: Final = 8081
@@ -68,6 +69,11 @@ def ingress_name(app: str) -> str:
     return f"{app}-webhook"
 
 
+def http_route_name(app: str) -> str:
+    """The HTTPRoute has the Ingress's name: one of the two exists, never both."""
+    return f"{app}-webhook"
+
+
 # ------------------------------------------------------------------------------- models
 
 # Kubernetes' resource.Quantity syntax (apimachinery/pkg/api/resource).
@@ -92,7 +98,8 @@ def check_resources(resources: dict[str, Any], where: str) -> None:
 
 
 class RuntimeDefaults(BaseModel):
-    """Operator-wide defaults for the runtime pods (from the operator's environment)."""
+    """Operator-wide defaults for the runtime pods and the routing (from the operator's
+    environment)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -100,6 +107,8 @@ class RuntimeDefaults(BaseModel):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     redis_url: str | None = None
     """Used when an application sets neither `spec.redis.url` nor `spec.redis.secretKeyRef`."""
+    gateway_api: bool = False
+    """The operator may manage HTTPRoutes (chart value gatewayApi.enabled: RBAC granted)."""
 
 
 class DeployedApplication(BaseModel):
@@ -138,6 +147,11 @@ class DeployedApplication(BaseModel):
     @property
     def webhook_enabled(self) -> bool:
         return self.config.spec.webhook.enabled
+
+    @property
+    def gateway_routed(self) -> bool:
+        """The webhook is routed by an HTTPRoute (spec.webhook.gateway), not an Ingress."""
+        return self.config.spec.webhook.gateway is not None
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -457,25 +471,76 @@ def build_ingress(app: DeployedApplication) -> Manifest:
     }
 
 
+def build_http_route(app: DeployedApplication) -> Manifest:
+    """`<app>-webhook` HTTPRoute: the webhook host(s), path /integration to the receiver,
+    attached to the Gateways of spec.webhook.gateway (TLS is the Gateway listener's)."""
+    gateway = app.config.spec.webhook.gateway
+    if gateway is None or not app.config.hosts:
+        raise ValueError("build_http_route: the webhook is disabled or not Gateway-routed")
+    parents: list[dict[str, Any]] = []
+    for ref in gateway.parent_refs:
+        parent: dict[str, Any] = {"group": GATEWAY_GROUP, "kind": GATEWAY_KIND, "name": ref.name}
+        if ref.namespace:
+            parent["namespace"] = ref.namespace
+        if ref.section_name:
+            parent["sectionName"] = ref.section_name
+        parents.append(parent)
+    return {
+        "apiVersion": GATEWAY_API_VERSION,
+        "kind": HTTPROUTE_KIND,
+        "metadata": _metadata(app, http_route_name(app.name), "httproute"),
+        "spec": {
+            "parentRefs": parents,
+            "hostnames": list(app.config.hosts),
+            "rules": [
+                {
+                    # Path elements: /integration, /integration/<id>, /integration/<id>/xml.
+                    "matches": [{"path": {"type": "PathPrefix", "value": INGRESS_PATH}}],
+                    "backendRefs": [
+                        {
+                            "group": "",
+                            "kind": "Service",
+                            "name": receiver_name(app.name),
+                            "port": SERVICE_PORT,
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+
+
 def build_children(app: DeployedApplication) -> list[Manifest]:
-    """Every child the application should have, in the order they are applied."""
+    """Every child the application should have, in the order they are applied.
+
+    The route comes last, after the Service it points at. With spec.webhook.gateway it is an
+    HTTPRoute, when the operator may manage them (else no route, and the Ready condition says
+    why); otherwise an Ingress.
+    """
     children = [build_config_map(app), build_worker_deployment(app)]
     if app.webhook_enabled:
-        children += [
-            build_receiver_service(app),
-            build_receiver_deployment(app),
-            build_ingress(app),
-        ]
+        children += [build_receiver_service(app), build_receiver_deployment(app)]
+        if not app.gateway_routed:
+            children.append(build_ingress(app))
+        elif app.runtime.gateway_api:
+            children.append(build_http_route(app))
     return children
 
 
 def absent_children(app: DeployedApplication) -> list[tuple[str, str, str]]:
     """(apiVersion, kind, name) of children that must not exist: disabling the webhook removes
-    the Ingress and the receiver (workers keep draining the queue)."""
-    if app.webhook_enabled:
-        return []
-    return [
-        ("networking.k8s.io/v1", "Ingress", ingress_name(app.name)),
-        ("apps/v1", "Deployment", receiver_name(app.name)),
-        ("v1", "Service", receiver_name(app.name)),
-    ]
+    the route and the receiver (workers keep draining the queue); switching between Ingress and
+    Gateway routing removes the other route. HTTPRoutes are only looked at when the operator
+    may manage them."""
+    ingress = ("networking.k8s.io/v1", "Ingress", ingress_name(app.name))
+    route = (GATEWAY_API_VERSION, HTTPROUTE_KIND, http_route_name(app.name))
+    routes = [ingress, route] if app.runtime.gateway_api else [ingress]
+    if not app.webhook_enabled:
+        return [
+            *routes,
+            ("apps/v1", "Deployment", receiver_name(app.name)),
+            ("v1", "Service", receiver_name(app.name)),
+        ]
+    if app.gateway_routed:
+        return [ingress]
+    return [r for r in routes if r is not ingress]

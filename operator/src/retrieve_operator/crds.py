@@ -84,7 +84,8 @@ FIELD_DOCS: Final[Mapping[str, Mapping[str, str]]] = {
     KIND_APPLICATION: {
         "": "Desired state of one application's webhook ingestion.",
         "webhook": "The public endpoint: https://webhook-<name>.<domain>/integration/<id>.",
-        "webhook.enabled": "When false the Ingress and the receiver are removed.",
+        "webhook.enabled": "When false the route (Ingress or HTTPRoute) and the receiver are "
+        "removed.",
         "webhook.ingressClassName": "IngressClass of the <name>-webhook Ingress.",
         "webhook.tls": "TLS for the host; with clusterIssuer, cert-manager issues the Secret.",
         "allowedList": "Who may send: IPv4/IPv6 addresses, CIDRs, or domain names (a domain "
@@ -288,6 +289,16 @@ def application_spec_schema() -> Schema:
         _rule(_IP_OR_CIDR, "spec.trustedProxies entries must be an IP address or a CIDR"),
     )
     _add_rules(
+        _at(spec, "webhook"),
+        _rule(
+            "!has(self.gateway) || (!has(self.ingressClassName) && !has(self.tls))",
+            "spec.webhook: set either gateway (an HTTPRoute) or ingressClassName/tls (an "
+            "Ingress), not both; with a Gateway, TLS is configured on its listener",
+            field_path=".gateway",
+            reason="FieldValueForbidden",
+        ),
+    )
+    _add_rules(
         _at(spec, "redis"),
         _rule(
             "!(has(self.url) && has(self.secretKeyRef))",
@@ -296,6 +307,11 @@ def application_spec_schema() -> Schema:
             reason="FieldValueForbidden",
         ),
     )
+    # Notification names are unique (a map-list, merged by name); an event is listed once.
+    notifications = _at(spec, "notifications")
+    notifications["x-kubernetes-list-type"] = "map"
+    notifications["x-kubernetes-list-map-keys"] = ["name"]
+    notifications["items"]["properties"]["events"]["x-kubernetes-list-type"] = "set"
     _reorder_all(spec)
     return spec
 

@@ -11,8 +11,9 @@ Handlers:
   with an Integration of the same id (the cluster-wide duplicate rule); a new value of the
   replay-dead-letters annotation requeues its dead letters once (statuspoll.py).
 - RetrieveApplication status timer: its Integrations' live counters from Redis (statuspoll.py).
-- Deployments, Services, ConfigMaps, Ingresses labelled as ours: a change that undoes what was
-  applied, or a deletion, reconciles the owning application at once.
+- Deployments, Services, ConfigMaps, Ingresses, CronJobs labelled as ours, and HTTPRoutes when
+  the Gateway API support is on (RETRIEVE_GATEWAY_API): a change that undoes what was applied,
+  a deletion, or a Gateway's new verdict on a route reconciles the owning application at once.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from retrieve_core.constants import (
 )
 
 from . import plan
+from .gateway import GATEWAY_API_VERSION, HTTPROUTE_PLURAL
 from .kube import KubeApi
 from .metrics import OperatorMetrics
 from .plan import AppKey, ObjectRecord
@@ -40,6 +42,7 @@ from .reconcile import Reconciler, World
 from .settings import (
     OperatorOptions,
     configure,
+    gateway_api_enabled,
     operator_metrics_port,
     resync_seconds,
     status_interval_seconds,
@@ -204,3 +207,11 @@ async def integration_replay_retry(*, body: kopf.Body, memo: Any, **_: Any) -> N
 @kopf.on.event("batch/v1", "cronjobs", labels=CHILD_LABELS, id="drift", when=_drifted)
 async def child_event(*, type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
     await _reconciler(memo).child_changed(type, body)
+
+
+# Only with the RBAC to watch them (else kopf's watch would be refused). kopf starts the watch
+# when the Gateway API CRDs appear, also after the operator started.
+if gateway_api_enabled():
+    kopf.on.event(
+        GATEWAY_API_VERSION, HTTPROUTE_PLURAL, labels=CHILD_LABELS, id="drift", when=_drifted
+    )(child_event)

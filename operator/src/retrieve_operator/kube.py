@@ -31,6 +31,8 @@ from retrieve_core.constants import (
     PLURAL_INTEGRATION,
 )
 
+from .gateway import GATEWAY_API_VERSION, HTTPROUTE_KIND, HTTPROUTE_PLURAL
+
 FIELD_MANAGER: Final = "retrieve-operator"
 APPLY_CONTENT_TYPE: Final = "application/apply-patch+yaml"  # JSON is YAML
 MERGE_CONTENT_TYPE: Final = "application/merge-patch+json"
@@ -45,6 +47,7 @@ PLURALS: Final[Mapping[tuple[str, str], str]] = {
     ("apps/v1", "Deployment"): "deployments",
     ("networking.k8s.io/v1", "Ingress"): "ingresses",
     ("batch/v1", "CronJob"): "cronjobs",
+    (GATEWAY_API_VERSION, HTTPROUTE_KIND): HTTPROUTE_PLURAL,
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
     (API_GROUP_VERSION, KIND_APPLICATION): PLURAL_APPLICATION,
@@ -80,10 +83,21 @@ class NamespaceTerminating(KubeError):
     """The namespace is being deleted: nothing can be created there any more."""
 
 
+class KindNotServed(KubeError):
+    """The API server does not serve this kind (e.g. an HTTPRoute before the Gateway API CRDs
+    are installed)."""
+
+
 def _error(status: int, message: str, payload: Mapping[str, Any] | None) -> KubeError:
     causes = ((payload or {}).get("details") or {}).get("causes") or []
     if status == 403 and any(c.get("reason") == "NamespaceTerminating" for c in causes):
         return NamespaceTerminating(status, message)
+    # A 404 that names no object (only an apply, which creates, can see one): the path itself
+    # is unknown, no such resource type yet ("404 page not found" for a group not served at
+    # all, "the server could not find the requested resource" for a kind of a served group).
+    details = (payload or {}).get("details") or {}
+    if status == 404 and not details.get("kind"):
+        return KindNotServed(status, message)
     # Server-side apply reports an object it cannot convert (a bad quantity...) as a 500.
     if status in (400, 422) or (status == 500 and "failed to convert new object" in message):
         return InvalidObject(status, message)

@@ -45,6 +45,12 @@ class OperatorMetrics:
             "Integration status patches made by the status poll (only when a value changed).",
             registry=r,
         )
+        self.notification_failures = Counter(
+            "retrieve_operator_notification_failures_total",
+            "Error notifications the workers could not send (each also a NotificationFailed "
+            "Event on the RetrieveApplication).",
+            registry=r,
+        )
         self.replays = Counter(
             "retrieve_operator_replays_total",
             "Dead letters requeued because of the replay-dead-letters annotation.",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,6 +36,7 @@ from retrieve_core.models import (
 
 from .builders import DeployedApplication, RuntimeDefaults
 from .conditions import Condition, merge_condition
+from .gateway import describe_parent, gateway_api_disabled
 
 # Not (yet) in retrieve_core.constants: an Integration whose application exists but is invalid.
 REASON_APPLICATION_NOT_READY = "ApplicationNotReady"
@@ -203,6 +204,8 @@ class ApplicationPlan:
     deployed: DeployedApplication | None = None
     """None when the application is invalid: its children are left as they are."""
     webhook_host: str | None = None
+    summary: str = ""
+    """What the Ready message says of the integrations (`2 integration(s), ...`)."""
 
 
 def _ready(ok: bool, reason: str, message: str) -> Condition:
@@ -340,13 +343,33 @@ def plan_application(
     summary = f"{len(plans)} integration(s)"
     if not_ready:
         summary += f", {len(not_ready)} not ready ({', '.join(p.record.name for p in not_ready)})"
+    gateway = spec.webhook.gateway
     if host is None:
         condition = _ready(
-            True, REASON_WEBHOOK_DISABLED, f"webhook disabled: no receiver or Ingress; {summary}"
+            True, REASON_WEBHOOK_DISABLED, f"webhook disabled: no receiver or route; {summary}"
         )
-    else:
+    elif gateway is None:
         condition = _ready(True, REASON_RECONCILED, f"serving https://{host}; {summary}")
-    return ApplicationPlan(record, condition, plans, deployed, host)
+    elif not runtime.gateway_api:
+        disabled = gateway_api_disabled()
+        condition = replace(disabled, message=f"{disabled.message}; {summary}")
+    else:
+        parents = ", ".join(
+            describe_parent({"name": r.name, "namespace": r.namespace or ""}, record.namespace)
+            for r in gateway.parent_refs
+        )
+        condition = _ready(
+            True, REASON_RECONCILED, f"serving https://{host} through {parents}; {summary}"
+        )
+    return ApplicationPlan(record, condition, plans, deployed, host, summary)
+
+
+def with_route_problem(plan: ApplicationPlan, problem: Condition | None) -> ApplicationPlan:
+    """The plan with the application's Ready condition saying why its HTTPRoute does not carry
+    webhooks (gateway.py), when it does not."""
+    if problem is None:
+        return plan
+    return replace(plan, condition=replace(problem, message=f"{problem.message}; {plan.summary}"))
 
 
 # ------------------------------------------------------------------------------- status

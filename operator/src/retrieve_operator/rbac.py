@@ -23,6 +23,8 @@ from retrieve_core.constants import (
     PRODUCT_NAME,
 )
 
+from .gateway import GATEWAY_GROUP, HTTPROUTE_PLURAL
+
 Component = Literal["receiver", "worker"]
 Rule = dict[str, list[str]]
 
@@ -167,12 +169,20 @@ def operator_runtime_rbac_rules() -> list[Rule]:
     ]
 
 
+def operator_gateway_api_rules() -> list[Rule]:
+    """Extra rules with Gateway API routing (chart value gatewayApi.enabled): the `<app>-webhook`
+    HTTPRoutes of applications with spec.webhook.gateway. Gateways, ReferenceGrants and the
+    routes' status belong to the platform and its Gateway controller: not even read."""
+    return [{"apiGroups": [GATEWAY_GROUP], "resources": [HTTPROUTE_PLURAL], "verbs": MANAGE}]
+
+
 def rules_document() -> dict[str, Any]:
     """What the chart renders (charts/retrieve/files/rbac-rules.yaml)."""
     return {
         "operator": {
             "rules": operator_rules(),
             "runtimeRbacRules": operator_runtime_rbac_rules(),
+            "gatewayApiRules": operator_gateway_api_rules(),
         },
         "runtime": {
             component: {"name": runtime_name(component), "rules": runtime_rules(component)}

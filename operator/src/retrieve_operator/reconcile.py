@@ -32,6 +32,7 @@ from retrieve_core.constants import (
     LABEL_INSTANCE,
     REASON_INTEGRATION_DISABLED,
     REASON_INVALID_SPEC,
+    REASON_ROUTE_PENDING,
     REASON_WEBHOOK_DISABLED,
 )
 from retrieve_core.models import IntegrationSpec
@@ -46,7 +47,15 @@ from .builders import (
     config_map_name,
 )
 from .conditions import Condition, find_condition, now_rfc3339
-from .kube import InvalidObject, KubeApi, KubeError, NamespaceTerminating
+from .gateway import HTTPROUTE_KIND, gateway_api_not_installed, route_problem
+from .kube import (
+    Applied,
+    InvalidObject,
+    KindNotServed,
+    KubeApi,
+    KubeError,
+    NamespaceTerminating,
+)
 from .metrics import OperatorMetrics
 from .plan import (
     AppKey,
@@ -64,6 +73,7 @@ from .plan import (
     plan_missing_application,
     secret_names,
     status_patch_needed,
+    with_route_problem,
 )
 from .rbac import runtime_rbac_objects
 from .schedules import (
@@ -86,8 +96,11 @@ REWRITE_TEST_RUNNERS: Final = 2
 REWRITE_CACHE_SIZE: Final = 2048
 RETRY_DELAY: Final = 5.0
 FORBIDDEN_RETRY_DELAY: Final = 30.0
-# Not-ready reasons that are a user's choice, not a problem: posted as Normal events.
-QUIET_REASONS: Final = frozenset({REASON_INTEGRATION_DISABLED, REASON_WEBHOOK_DISABLED})
+# Not-ready reasons that are a user's choice or a passing state, not a problem: posted as
+# Normal events (a new HTTPRoute is pending until its Gateway's controller reports on it).
+QUIET_REASONS: Final = frozenset(
+    {REASON_INTEGRATION_DISABLED, REASON_WEBHOOK_DISABLED, REASON_ROUTE_PENDING}
+)
 
 
 @dataclass(frozen=True)
@@ -156,6 +169,9 @@ class Reconciler:
         self._outcome: dict[AppKey, Condition] = {}
         self._desired: dict[ChildKey, Manifest] = {}
         self._versions: dict[ChildKey, str] = {}
+        # What each HTTPRoute's status.parents said when last reflected in its app's status:
+        # a Gateway's new verdict (a status-only change) is a reason to reconcile.
+        self._route_verdicts: dict[ChildKey, Condition | None] = {}
         self._rbac_ready: set[str] = set()
         self._rewrite_results: OrderedDict[str, str | None] = OrderedDict()
         self._rewrite_slots = asyncio.Semaphore(REWRITE_TEST_RUNNERS)
@@ -185,8 +201,7 @@ class Reconciler:
             if child[2] == key[0] and manifest["metadata"]["labels"].get(LABEL_INSTANCE) == key[1]
         ]
         for child in gone:
-            self._desired.pop(child, None)
-            self._versions.pop(child, None)
+            self._forget(child)
         self._outcome.pop(key, None)
         await self.reconcile(key)
 
@@ -221,10 +236,18 @@ class Reconciler:
         if event_type is None or app is None or app.deleting:
             return None
         if event_type != "DELETED":
-            desired = self._desired.get(_child_key(body))
-            if desired is not None and covers(body, desired):
+            child = _child_key(body)
+            desired = self._desired.get(child)
+            if desired is not None and covers(body, desired) and not self._new_verdict(body):
                 return None
         return key
+
+    def _new_verdict(self, body: Mapping[str, Any]) -> bool:
+        """An HTTPRoute whose Gateways now say something else than what was reflected."""
+        child = _child_key(body)
+        if child[1] != HTTPROUTE_KIND or child not in self._route_verdicts:
+            return False
+        return route_problem(body) != self._route_verdicts[child]
 
     async def child_changed(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A child was deleted or changed away from what was applied: reconcile its app."""
@@ -282,9 +305,11 @@ class Reconciler:
         )
         if plan.deployed is not None:
             try:
-                await self._apply(plan.deployed, resync=resync)
+                route = await self._apply(plan.deployed, resync=resync)
             except InvalidObject as exc:
                 plan = invalid_application(app, members, exc.message)
+            else:
+                plan = with_route_problem(plan, route)
         self._outcome[key] = plan.condition
         await self._write_statuses(plan)
 
@@ -337,19 +362,48 @@ class Reconciler:
 
     # ------------------------------------------------------------------- children
 
-    async def _apply(self, deployed: DeployedApplication, *, resync: bool) -> None:
+    async def _apply(self, deployed: DeployedApplication, *, resync: bool) -> Condition | None:
+        """Apply the children, delete the unwanted ones; why the HTTPRoute (if the application
+        has one) does not carry webhooks yet, or None."""
         namespace = deployed.namespace
         if self.options.manage_runtime_rbac and (resync or namespace not in self._rbac_ready):
             for manifest in runtime_rbac_objects(namespace):  # ServiceAccount before its binding
                 await self.api.apply(manifest)
             self._rbac_ready.add(namespace)
-        await self._gather(self._apply_child(deployed, c) for c in build_children(deployed))
+        children = build_children(deployed)
+        routes = [c for c in children if c["kind"] == HTTPROUTE_KIND]
+        await self._gather(self._apply_child(deployed, c) for c in children if c not in routes)
         for api_version, kind, name in absent_children(deployed):
-            self._desired.pop((api_version, kind, namespace, name), None)
-            self._versions.pop((api_version, kind, namespace, name), None)
+            self._forget((api_version, kind, namespace, name))
             if await self.api.delete_managed(api_version, kind, namespace, name, deployed.uid):
-                self._event(deployed, False, "Deleted", f"Deleted {kind} {name}: webhook disabled")
+                why = "webhook disabled" if not deployed.webhook_enabled else "routing changed"
+                self._event(deployed, False, "Deleted", f"Deleted {kind} {name}: {why}")
+        problem = None
+        for route in routes:  # after the receiver Service it points at
+            problem = await self._apply_route(deployed, route)
         await self._apply_schedules(deployed)
+        return problem
+
+    async def _apply_route(
+        self, deployed: DeployedApplication, route: Manifest
+    ) -> Condition | None:
+        """The HTTPRoute, applied; what its Gateways said of it (status.parents). Without the
+        Gateway API CRDs the application says so and the rest keeps working; the resync
+        tries again (kopf starts watching HTTPRoutes once their CRD appears)."""
+        key = _child_key(route)
+        try:
+            applied = await self._apply_child(deployed, route)
+        except KindNotServed:
+            self._forget(key)
+            return gateway_api_not_installed(key[3])
+        problem = route_problem(applied.body)
+        self._route_verdicts[key] = problem
+        return problem
+
+    def _forget(self, child: ChildKey) -> None:
+        self._desired.pop(child, None)
+        self._versions.pop(child, None)
+        self._route_verdicts.pop(child, None)
 
     async def _apply_schedules(self, deployed: DeployedApplication) -> None:
         """`<integration>-poll` CronJobs (schedules.py): applied, pruned once unwanted."""
@@ -357,14 +411,13 @@ class Reconciler:
         namespace, selector = deployed.namespace, poll_selector(deployed.name)
         existing = await self.api.list_names(CRONJOB_API_VERSION, CRONJOB_KIND, namespace, selector)
         for name in stale_poll_cronjobs(deployed, existing):
-            self._desired.pop((CRONJOB_API_VERSION, CRONJOB_KIND, namespace, name), None)
-            self._versions.pop((CRONJOB_API_VERSION, CRONJOB_KIND, namespace, name), None)
+            self._forget((CRONJOB_API_VERSION, CRONJOB_KIND, namespace, name))
             if await self.api.delete_managed(
                 CRONJOB_API_VERSION, CRONJOB_KIND, namespace, name, deployed.uid
             ):
                 self._event(deployed, False, "Deleted", f"Deleted CronJob {name}: no schedule")
 
-    async def _apply_child(self, deployed: DeployedApplication, manifest: Manifest) -> None:
+    async def _apply_child(self, deployed: DeployedApplication, manifest: Manifest) -> Applied:
         key = _child_key(manifest)
         before = self._versions.get(key)
         self._desired[key] = manifest
@@ -375,6 +428,7 @@ class Reconciler:
             self._event(deployed, False, "Created", f"Created {kind} {name}")
         elif before is not None and before != applied.version:
             self._event(deployed, False, "Updated", f"Updated {kind} {name}")
+        return applied
 
     def _event(
         self, deployed: DeployedApplication, warning: bool, reason: str, message: str

@@ -25,6 +25,7 @@ import kopf
 from retrieve_core.constants import API_GROUP, LABEL_MANAGED_BY, MANAGED_BY
 
 from .builders import RuntimeDefaults
+from .gateway import GATEWAY_API_VERSION, HTTPROUTE_PLURAL
 
 DEFAULT_PEERING_NAME: Final = "retrieve-operator"
 DEFAULT_RESYNC_SECONDS: Final = 60.0
@@ -41,6 +42,9 @@ ENV_RESYNC_SECONDS: Final = "RETRIEVE_RESYNC_SECONDS"
 ENV_PEERING_PRIORITY: Final = "RETRIEVE_PEERING_PRIORITY"
 ENV_STATUS_INTERVAL_SECONDS: Final = "RETRIEVE_STATUS_INTERVAL_SECONDS"
 ENV_OPERATOR_METRICS_PORT: Final = "RETRIEVE_OPERATOR_METRICS_PORT"
+# The chart's gatewayApi.enabled: HTTPRoutes are in the operator's RBAC, so it may manage and
+# watch them. Off: an application with spec.webhook.gateway is told so in its Ready condition.
+ENV_GATEWAY_API: Final = "RETRIEVE_GATEWAY_API"
 DEFAULT_STATUS_INTERVAL_SECONDS: Final = 15.0
 DEFAULT_OPERATOR_METRICS_PORT: Final = 8082
 
@@ -51,6 +55,7 @@ CHILD_RESOURCES: Final = (
     ("v1", "services"),
     ("v1", "configmaps"),
     ("networking.k8s.io/v1", "ingresses"),
+    (GATEWAY_API_VERSION, HTTPROUTE_PLURAL),
 )
 
 
@@ -83,6 +88,7 @@ class OperatorOptions:
                 or f"{DEFAULT_IMAGE_REPOSITORY}:{_version()}",
                 "image_pull_policy": pull_policy,
                 "redis_url": source.get(ENV_DEFAULT_REDIS_URL) or None,
+                "gateway_api": gateway_api_enabled(source),
             }
         )
         return cls(
@@ -90,6 +96,12 @@ class OperatorOptions:
             manage_runtime_rbac=_flag(source.get(ENV_MANAGE_RUNTIME_RBAC), True),
             resync_seconds=resync_seconds(source),
         )
+
+
+def gateway_api_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the operator manages (and watches) HTTPRoutes: RETRIEVE_GATEWAY_API."""
+    source = os.environ if env is None else env
+    return _flag(source.get(ENV_GATEWAY_API), False)
 
 
 def resync_seconds(env: Mapping[str, str] | None = None) -> float:

@@ -40,6 +40,7 @@ from . import kube
 from .kube import KubeApi, KubeError
 from .livestatus import ApplicationCounts, IntegrationCounts, live_patch, live_status, read_counts
 from .metrics import OperatorMetrics
+from .notifyevents import REASON_NOTIFICATION_FAILED, NotificationFailures, failure_message
 from .plan import AppKey, ObjectRecord, integration_id_of, record_from_body
 from .pollstatus import poll_patches, wants_poll_status
 from .reconcile import World
@@ -83,6 +84,7 @@ class StatusPoller:
         self._failing: set[AppKey] = set()
         self._replay_locks: dict[str, asyncio.Lock] = {}
         self._replayed: dict[str, str] = {}  # Integration uid -> the value last handled here
+        self._notification_failures = NotificationFailures()
 
     async def close(self) -> None:
         clients, self._clients = self._clients, {}
@@ -145,6 +147,8 @@ class StatusPoller:
         if counts is None:
             return
         self._available(app)
+        if app.spec.get("notifications"):
+            await self._notification_events(app)
         try:
             await asyncio.gather(*(self._write(r, counts, polls.get(r.uid)) for r in members))
         except KubeError as exc:
@@ -180,6 +184,22 @@ class StatusPoller:
             API_GROUP_VERSION, KIND_INTEGRATION, record.namespace, record.name, patch
         )
         self.metrics.status_patches.inc()
+
+    async def _notification_events(self, app: ObjectRecord) -> None:
+        """A Warning event for error notifications that failed since the last poll."""
+        try:
+            redis = await self._redis(app)
+            if redis is None:
+                return
+            failed = await self._notification_failures.new_failures(
+                redis, app.key, AppKeys(app.namespace, app.name)
+            )
+        except (RedisError, OSError, TimeoutError, RedisUnavailable) as exc:
+            log.debug("%s/%s: notification log not read: %s", app.namespace, app.name, exc)
+            return
+        if failed:
+            self.metrics.notification_failures.inc(len(failed))
+            self._event(app, True, REASON_NOTIFICATION_FAILED, failure_message(failed))
 
     def _unavailable(self, app: ObjectRecord, exc: BaseException) -> None:
         message = f"cannot read the counters from RedisClient: {exc.__class__.__name__}: {exc}"

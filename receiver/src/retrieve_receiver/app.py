@@ -18,6 +18,7 @@ from aiohttp import hdrs, web
 from pydantic_core import PydanticSerializationError
 from redis.exceptions import RedisError
 
+from retrieve_core.config import IntegrationConfig
 from retrieve_core.constants import (
     MSG_DISABLED,
     MSG_INVALID_JSON,
@@ -45,6 +46,8 @@ from retrieve_core.logstore import (
     add_bounded_record,
     truncate_payload,
 )
+from retrieve_core.models import NotificationEvent
+from retrieve_core.notifications import note_unauthorized
 from retrieve_core.provider import ConfigProvider
 from retrieve_core.redisclient import RedisClient, Timeouts, connect_redis
 
@@ -538,6 +541,28 @@ async def _log_refusal(request: web.Request, exc: WebhookError) -> None:
     known = routing.integrations.get(exc.integration_id)
     counter = COUNTER_REJECTED if known is not None and known.app is app else None
     await _write_record_best_effort(request, app, record, counter)
+    if known is not None and counter is not None and exc.status in (401, 403):
+        await _note_unauthorized(request, app, known.config, exc.message)
+
+
+async def _note_unauthorized(
+    request: web.Request, app: AppRoute, integration: IntegrationConfig, error: str
+) -> None:
+    """A 401/403 for a configured integration, for `rejectedBurst` notifications (only when
+    the application has one: otherwise nothing is counted)."""
+    if not any(NotificationEvent.REJECTED_BURST in n.events for n in app.config.spec.notifications):
+        return
+    try:
+        async with asyncio.timeout(request.app[SETTINGS_KEY].log_write_timeout):
+            await note_unauthorized(
+                request.app[REDIS_KEY],
+                app.config,
+                integration_id=integration.id,
+                integration=integration.name,
+                error=error,
+            )
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("a 401/403 answer not counted for notifications: %s", exc)
 
 
 # ---------------------------------------------------------------- the factory

@@ -1,8 +1,9 @@
 """The web console, mounted on the admin app at `/console/` (never on the webhook port).
 
 Applications and integrations with their URLs and last-hour counters, the webhook log with one
-event's payload and processing result, queue depth over time, and a replay button for dead
-letters. Static HTML + JS (no build step); the data comes from JSON endpoints under
+event's payload and processing result (with the batch that carried each record to a batched
+destination), the error notifications sent or failed, queue depth over time, and a replay
+button for dead letters. Static HTML + JS (no build step); the data comes from JSON endpoints under
 `/console/api/`.
 
 Protection: the admin port is cluster-internal (reached with `kubectl port-forward`), and the
@@ -40,6 +41,7 @@ from retrieve_core.keys import (
     counter_bucket,
 )
 from retrieve_core.logstore import LogStatus, LogStore
+from retrieve_core.notifications import read_attempts
 from retrieve_core.provider import ConfigProvider
 from retrieve_core.redisclient import RedisClient
 
@@ -330,6 +332,33 @@ async def api_log_record(request: web.Request) -> web.Response:
     return _json(record.model_dump(mode="json"))
 
 
+async def api_notifications(request: web.Request) -> web.Response:
+    """Error notification attempts of one application (sent or failed), newest first."""
+    app = _choose_app(request)
+    if isinstance(app, web.Response):
+        return app
+    try:
+        limit = max(1, min(int(request.query.get("limit", "50")), MAX_LIST_LIMIT))
+    except ValueError:
+        return failure(400, "limit must be an integer")
+    attempts = await _redis_call(
+        read_attempts(
+            request.app[CONSOLE_KEY].redis(),
+            app.keys,
+            limit=limit,
+            integration_id=request.query.get("integration") or None,
+            result=request.query.get("result") or None,
+        )
+    )
+    return _json(
+        {
+            "namespace": app.namespace,
+            "application": app.name,
+            "attempts": [a.model_dump(mode="json") for a in attempts],
+        }
+    )
+
+
 async def api_queue(request: web.Request) -> web.Response:
     state = request.app[CONSOLE_KEY]
     return _json(
@@ -415,5 +444,6 @@ def setup_console(
     app.router.add_get(f"{PREFIX}/api/statuses", api_statuses)
     app.router.add_get(f"{PREFIX}/api/logs", api_logs)
     app.router.add_get(f"{PREFIX}/api/logs/{{record_id}}", api_log_record)
+    app.router.add_get(f"{PREFIX}/api/notifications", api_notifications)
     app.router.add_get(f"{PREFIX}/api/queue", api_queue)
     app.router.add_post(f"{PREFIX}/api/replay", api_replay)

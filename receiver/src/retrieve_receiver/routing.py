@@ -130,7 +130,8 @@ class RoutingTable:
     hosts: dict[str, AppRoute] = field(default_factory=dict)
     host_labels: dict[str, AppRoute] = field(default_factory=dict)
     served_labels: frozenset[str] = frozenset()
-    """`webhook-<app>` of every served application."""
+    """`webhook-<app>` of every served application, and the first label of each host it is
+    served at (a Gateway route's `hostnames`)."""
 
     @property
     def single_app(self) -> AppRoute | None:
@@ -246,16 +247,19 @@ def build_routing(snapshot: ConfigSnapshot, settings: ReceiverSettings) -> Routi
     integrations: dict[str, IntegrationRoute] = {}
     hosts: dict[str, AppRoute] = {}
     labels: dict[str, list[AppRoute]] = {}
+    served: set[str] = set()
     for app_config in snapshot.applications:
         if not app_config.spec.webhook.enabled:
             continue
         app = _compile_app(app_config, settings)
         apps.append(app)
-        if app_config.host:
-            hosts[app_config.host.lower()] = app
+        served.add(f"{HOST_LABEL_PREFIX}{app_config.name}")
+        for host in app_config.hosts:  # a Gateway route may name other hosts than webhook-<app>
+            hosts[host.lower()] = app
+            served.add(host.lower().split(".", 1)[0])
         labels.setdefault(f"{HOST_LABEL_PREFIX}{app_config.name}", []).append(app)
         for integration in app_config.integrations:
             integrations[integration.id] = _compile_integration(app, integration, snapshot)
     # Dev mode: `webhook-<app>.localhost` names an app whatever the domain, when unambiguous.
     host_labels = {k: v[0] for k, v in labels.items() if len(v) == 1} if settings.dev_mode else {}
-    return RoutingTable(snapshot, tuple(apps), integrations, hosts, host_labels, frozenset(labels))
+    return RoutingTable(snapshot, tuple(apps), integrations, hosts, host_labels, frozenset(served))

@@ -47,7 +47,7 @@ class ReceiverSettings:
     body_timeout: float = 30.0
     """Seconds to receive a whole body once the head is in; then 408 and the connection is
     closed (`RETRIEVE_BODY_TIMEOUT_SECONDS`)."""
-    idle_timeout: float = 75.0
+    idle_timeout: float = 120.0
     """Seconds an idle keep-alive connection stays open between requests; keep it above the
     Ingress controller's upstream keep-alive, 60 s in ingress-nginx
     (`RETRIEVE_IDLE_TIMEOUT_SECONDS`)."""

@@ -1,4 +1,5 @@
-"""HTTP destinations: one request per record, with an idempotency key a receiver can dedupe on.
+"""HTTP destinations: one request per record (or per batch of records, `batching`), with an
+idempotency key a receiver can dedupe on.
 
 Outcome classes: 2xx delivered; 5xx, 408, 429, a time-out or a connection error may pass on a
 later attempt (retried); any other answer (3xx, 4xx) is refused for good.
@@ -63,26 +64,22 @@ def encode_record(record: Any) -> bytes:
 async def deliver(
     client: DestinationClient,
     destination: Destination,
-    record: Any,
+    content: bytes,
     *,
-    job_id: str,
+    key: str,
     record_index: int,
+    batch: str = "",
 ) -> Delivery:
-    """Sends one record; never raises for a network or HTTP failure (they are the result)."""
+    """Sends one encoded record (or one batch of them, `batch` its id) with `Idempotency-Key:
+    key`; never raises for a network or HTTP failure (they are the result)."""
     http = destination.http
-    headers = {
-        **http.headers,
-        "Content-Type": "application/json",
-        "Idempotency-Key": idempotency_key(job_id, destination.name, record_index),
-    }
+    headers = {**http.headers, "Content-Type": "application/json", "Idempotency-Key": key}
     started = time.perf_counter()
     status: int | None = None
     error = ""
     body = ""
     try:
-        answer = await client.request(
-            http.method, http.url, headers, encode_record(record), http.timeout_seconds
-        )
+        answer = await client.request(http.method, http.url, headers, content, http.timeout_seconds)
     except TimeoutError:
         error = f"{destination.name} timed out after {http.timeout_seconds:g} s"
     except (HttpError, OSError) as exc:  # refused, reset, TLS verification, not HTTP...
@@ -102,5 +99,6 @@ async def deliver(
             error=error,
             latency_ms=round(latency_ms, 3),
             body=body,
+            batch=batch,
         )
     )

@@ -82,6 +82,19 @@ class WorkerMetrics:
             ["application"],
             registry=r,
         )
+        self.batch_records = Histogram(
+            "retrieve_worker_batch_records",
+            "Records per batch request to a batched destination.",
+            ["application", "integration", "destination"],
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+            registry=r,
+        )
+        self.notifications = Counter(
+            "retrieve_worker_notifications_total",
+            "Error notification messages, by result (sent, failed after its retries).",
+            ["application", "notification", "result"],
+            registry=r,
+        )
         self.commit_errors = Counter(
             "retrieve_worker_commit_errors_total",
             "Outcomes that could not be written to Redis (the job is redelivered later).",

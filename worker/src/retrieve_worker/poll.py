@@ -27,7 +27,8 @@ import jmespath
 from retrieve_core.config import ApplicationConfig, IntegrationConfig, SecretStore
 from retrieve_core.enqueue import Delivery, Enqueuer, Outcome
 from retrieve_core.job import Job, new_job_id
-from retrieve_core.models import HttpSourceSpec
+from retrieve_core.models import HttpSourceSpec, NotificationEvent
+from retrieve_core.notifications import note_event
 from retrieve_core.pollstate import PollState, rfc3339
 from retrieve_core.redisclient import RedisClient
 
@@ -260,6 +261,16 @@ class Poller:
         state = PollState(since, started, result.seen, result.new, result.error)
         key = self.keys.poll_state(self.integration.id)
         await self.redis.hset(key, mapping=state.to_hash())  # type: ignore[arg-type]
+        if result.error:  # a `pollFailed` notification (sent by a worker)
+            await note_event(
+                self.redis,
+                self.app,
+                NotificationEvent.POLL_FAILED,
+                integration_id=self.integration.id,
+                integration=self.integration.name,
+                error=result.error,
+                now=started,
+            )
         return result
 
     async def _enqueue_all(self, items: list[Any], now: float) -> int:

@@ -3,7 +3,8 @@
 Per application (see `AppConsumer`): a consumer group read with `XREADGROUP >` and a block
 timeout, bounded concurrency, a periodic `XAUTOCLAIM` that takes over the jobs of a consumer that
 died (with a delivery-count cap that dead-letters a job which keeps killing its worker), a mover
-that requeues due retries, and a periodic trim of the webhook logs.
+that requeues due retries, a periodic trim of the webhook logs, the batchers of its batched
+destinations (batching.py), and the sender of its due error notifications (notify.py).
 
 Delivery is at least once: an entry is acked only in the MULTI that stores its outcome.
 """
@@ -17,7 +18,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,15 +28,18 @@ from redis.exceptions import RedisError, ResponseError
 from retrieve_core.config import ApplicationConfig, IntegrationConfig
 from retrieve_core.job import JOB_FIELD, Job
 from retrieve_core.keys import CONSUMER_GROUP, AppKeys
-from retrieve_core.logstore import LogStatus, LogStore
-from retrieve_core.models import RetrySpec
+from retrieve_core.logstore import DestinationResult, LogStatus, LogStore
+from retrieve_core.models import NotificationEvent, RetrySpec
+from retrieve_core.notifications import Claimed, claim_due, note_event, record_attempt
 from retrieve_core.provider import ConfigProvider, ConfigSnapshot
 from retrieve_core.redisclient import RedisClient, Timeouts, connect_redis
 from retrieve_core.sandbox import Sandbox
 
+from .batching import BatchRouter, BatchSent, JobBatching
 from .destinations import create_client
 from .httpclient import DestinationClient
 from .metrics import WorkerMetrics
+from .notify import Notifier
 from .queue import Committer, Completion, DelayedMover, Finish, ensure_group
 from .workflow import SETTLED_EARLIER, Outcome, Verdict, backoff_seconds, run_workflow
 
@@ -70,6 +74,9 @@ class WorkerSettings:
     shutdown_timeout_seconds: float = 30.0
     commit_batch: int = 256
     max_rewrite_contexts: int = 256
+    notify_poll_seconds: float = 0.5
+    """How often due error notifications are claimed (the first of a quiet spell waits this
+    long at most)."""
 
 
 def _app_id(namespace: str, name: str) -> str:
@@ -92,6 +99,10 @@ class AppConsumer:
         self.mover = DelayedMover(self.redis)
         self.in_flight: dict[str, float] = {}  # entry id -> start time
         self._tasks: set[asyncio.Task[None]] = set()
+        # Jobs waiting for their batches hold no concurrency slot (batching.py).
+        self._parked: set[asyncio.Task[Any]] = set()
+        self.batches = BatchRouter(lambda: worker.client, self._batch_sent)
+        self._background: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
@@ -105,6 +116,7 @@ class AppConsumer:
             asyncio.create_task(self._move_loop(), name=f"move {self.app_id}"),
             asyncio.create_task(self._trim_loop(), name=f"trim {self.app_id}"),
             asyncio.create_task(self._sample_loop(), name=f"sample {self.app_id}"),
+            asyncio.create_task(self._notify_loop(), name=f"notify {self.app_id}"),
         ]
 
     def stop(self) -> None:
@@ -120,10 +132,12 @@ class AppConsumer:
         helpers = self._loops[1:]
         for task in helpers:
             task.cancel()
+        self.batches.close()  # what batches gathered goes now
         if self._tasks:
             _, pending = await asyncio.wait(
                 self._tasks, timeout=self.settings.shutdown_timeout_seconds
             )
+            self.batches.cancel()
             for task in pending:
                 task.cancel()
             if pending:
@@ -136,6 +150,10 @@ class AppConsumer:
         for task in helpers:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._background:  # notifications being sent: a short while, then given up
+            _, late = await asyncio.wait(set(self._background), timeout=5)
+            for task in late:
+                task.cancel()
         await self._leave_group()
 
     async def _leave_group(self) -> None:
@@ -234,7 +252,10 @@ class AppConsumer:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self.slots.release()
+        if task in self._parked:
+            self._parked.discard(task)
+        else:
+            self.slots.release()
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: job handler crashed", self.app_id, exc_info=task.exception())
 
@@ -418,8 +439,23 @@ class AppConsumer:
                 error=f"Integration {job.integration_id} is not configured on this worker",
             )
         else:
-            outcome = await run_workflow(job, integration, self.worker.sandbox, self.worker.client)
+            batching: JobBatching | None = None
+            for destination in integration.spec.destinations:
+                if destination.http.batch is not None:
+                    taken_at = self.in_flight.get(entry_id, time.monotonic())
+                    batching = JobBatching(self.batches, integration.id, taken_at, self._park)
+                    break
+            outcome = await run_workflow(
+                job, integration, self.worker.sandbox, self.worker.client, batching
+            )
         await self._record(entry_id, job, outcome, integration)
+
+    def _park(self) -> None:
+        """The running job waits for its batches: its slot goes to the next job."""
+        task = asyncio.current_task()
+        if task is not None and task in self._tasks and task not in self._parked:
+            self._parked.add(task)
+            self.slots.release()
 
     async def _record(
         self,
@@ -445,7 +481,7 @@ class AppConsumer:
             job_json = job.model_copy(
                 update={"attempt": attempts, "deliveries": outcome.deliveries}
             ).model_dump_json()
-            if attempts < retry.max_attempts and not force_dead:
+            if attempts < retry.max_attempts and not force_dead and not outcome.exhausted:
                 status, mode = LogStatus.RETRYING, Finish.RETRY
                 due = time.time() + backoff_seconds(retry, attempts)
             else:
@@ -468,6 +504,88 @@ class AppConsumer:
         )
         await self.committer.commit(completion)
         self._observe(job, outcome, status)
+        if outcome.rewrite_failed:
+            self._notify(NotificationEvent.REWRITE_ERROR, job, integration, outcome.error)
+        if status is LogStatus.DEAD_LETTER:
+            self._notify(NotificationEvent.DEAD_LETTER, job, integration, outcome.error)
+
+    # ------------------------------------------------------------------ notifications
+
+    def _notify(
+        self,
+        event: NotificationEvent,
+        job: Job,
+        integration: IntegrationConfig | None,
+        error: str,
+    ) -> None:
+        """Notes an event in the background (never on the job's path)."""
+        app = self.worker.application(self.namespace, self.name)
+        if app is None or not any(event in n.events for n in app.spec.notifications):
+            return
+        noted = note_event(
+            self.redis,
+            app,
+            event,
+            integration_id=job.integration_id,
+            integration=integration.name if integration is not None else "",
+            job_id=job.id,
+            error=error,
+        )
+        self._background_task(noted, f"noting {event.value}")
+
+    def _background_task(self, work: Coroutine[Any, Any, object], what: str) -> None:
+        async def guarded() -> None:
+            try:
+                await work
+            except (RedisError, OSError) as exc:
+                log.warning("%s: %s failed: %s", self.app_id, what, exc)
+
+        task = asyncio.create_task(guarded())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _notify_loop(self) -> None:
+        await self.ready.wait()
+        while not self._stopping.is_set():
+            app = self.worker.application(self.namespace, self.name)
+            if app is not None and app.spec.notifications:
+                try:
+                    for claimed in await claim_due(self.redis, app):
+                        self._background_task(self._send_notice(claimed), "a notification")
+                except (RedisError, OSError) as exc:
+                    log.warning("%s: claiming notifications failed: %s", self.app_id, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.notify_poll_seconds)
+
+    async def _send_notice(self, claimed: Claimed) -> None:
+        app = self.worker.application(self.namespace, self.name)
+        spec = next(
+            (n for n in (app.spec.notifications if app else ()) if n.name == claimed.notification),
+            None,
+        )
+        if spec is None:  # removed from the spec since the event
+            return
+        secrets = self.worker.provider.current.secrets
+        attempt = await self.worker.notifier.send(spec, claimed.notice, secrets)
+        metrics = self.worker.metrics
+        metrics.child(metrics.notifications, self.app_id, spec.name, attempt.result).inc()
+        if attempt.result != "sent":
+            log.warning(
+                "%s: notification %s (%s) failed: %s",
+                self.app_id,
+                spec.name,
+                attempt.event,
+                attempt.error,
+            )
+        await record_attempt(self.redis, self.keys, attempt)
+
+    def _batch_sent(self, sent: BatchSent) -> None:
+        metrics = self.worker.metrics
+        result = sent.result
+        metrics.child(metrics.batch_records, self.app_id, sent.integration_id, result.name).observe(
+            sent.records
+        )
+        self._observe_request(sent.integration_id, result)
 
     def _observe(self, job: Job, outcome: Outcome, status: LogStatus) -> None:
         metrics = self.worker.metrics
@@ -483,16 +601,21 @@ class AppConsumer:
                 outcome.rewrite_seconds
             )
         for result in outcome.destinations:
-            if result.body == SETTLED_EARLIER:
+            if result.body == SETTLED_EARLIER or result.batch:  # batches: `_batch_sent`
                 continue
-            if result.status is None:
-                label = "timeout" if "timed out" in result.error else "error"
-            else:
-                label = f"{result.status // 100}xx"
-            child(metrics.destination_requests, self.app_id, integration, result.name, label).inc()
-            child(metrics.destination_latency, self.app_id, integration, result.name).observe(
-                result.latency_ms / 1000
-            )
+            self._observe_request(integration, result)
+
+    def _observe_request(self, integration: str, result: DestinationResult) -> None:
+        metrics = self.worker.metrics
+        child = metrics.child
+        if result.status is None:
+            label = "timeout" if "timed out" in result.error else "error"
+        else:
+            label = f"{result.status // 100}xx"
+        child(metrics.destination_requests, self.app_id, integration, result.name, label).inc()
+        child(metrics.destination_latency, self.app_id, integration, result.name).observe(
+            result.latency_ms / 1000
+        )
 
 
 def _text(value: Any) -> str:
@@ -533,6 +656,7 @@ class Worker:
         self._own_client = client is None
         self._client = client
         self.sandbox = Sandbox(max_contexts=settings.max_rewrite_contexts)
+        self.notifier = Notifier()
         self.consumers: dict[str, AppConsumer] = {}
         self._stop = asyncio.Event()
         self._changed = asyncio.Event()
@@ -622,6 +746,7 @@ class Worker:
             )
             self.consumers.clear()
             self.sandbox.close()
+            await self.notifier.close()
             if self._own_client and self._client is not None:
                 await self._client.close()
                 self._client = None

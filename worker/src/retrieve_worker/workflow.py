@@ -11,7 +11,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retrieve_core.config import IntegrationConfig
 from retrieve_core.job import Job
@@ -20,8 +20,11 @@ from retrieve_core.mapping import MappingError, compile_mapping, split_records
 from retrieve_core.models import RetrySpec
 from retrieve_core.sandbox import RewriteError, Sandbox, code_key
 
-from .destinations import Delivery, deliver, is_delivered
+from .destinations import Delivery, deliver, encode_record, idempotency_key, is_delivered
 from .httpclient import DestinationClient
+
+if TYPE_CHECKING:
+    from .batching import BatchOutcome, JobBatching
 
 MAX_LOGGED_DELIVERIES = 100
 SETTLED_EARLIER = "settled by an earlier attempt"
@@ -43,6 +46,10 @@ class Outcome:
     console: list[str] = field(default_factory=list)
     deliveries: dict[str, int] = field(default_factory=dict)
     rewrite_seconds: float | None = None
+    rewrite_failed: bool = False
+    """The rewrite function threw or timed out (a `rewriteError` notification)."""
+    exhausted: bool = False
+    """A batch holding the job's records spent its attempts: dead-letter without more."""
 
 
 def delivery_key(destination: str, record_index: int) -> str:
@@ -67,7 +74,10 @@ async def run_workflow(
     integration: IntegrationConfig,
     sandbox: Sandbox,
     client: DestinationClient,
+    batching: JobBatching | None = None,
 ) -> Outcome:
+    """`batching` hands the records of batched destinations to the worker's batchers (without
+    it, they go one request per record)."""
     spec = integration.spec
     console: list[str] = []
     message = ""
@@ -81,7 +91,9 @@ async def run_workflow(
                 code_key(integration.id, spec.rewrite), spec.rewrite, job.job_data()
             )
         except RewriteError as exc:
-            return Outcome(Verdict.RETRY, error=exc.message, console=exc.console)
+            return Outcome(
+                Verdict.RETRY, error=exc.message, console=exc.console, rewrite_failed=True
+            )
         finally:
             rewrite_seconds = time.perf_counter() - started
         console, message, job_status = result.console, result.message, result.job_status
@@ -105,7 +117,10 @@ async def run_workflow(
     settled = dict(job.deliveries)
     results: list[DestinationResult] = []
     sends: list[Any] = []
+    batched: list[asyncio.Future[BatchOutcome]] = []
     for destination in spec.destinations:
+        batch = destination.http.batch if batching is not None else None
+        waiting: list[tuple[int, Any]] = []
         for index, record in enumerate(records):
             key = delivery_key(destination.name, index)
             if key in settled:
@@ -117,10 +132,33 @@ async def run_workflow(
                         body=SETTLED_EARLIER,
                     )
                 )
-                continue
-            sends.append(deliver(client, destination, record, job_id=job.id, record_index=index))
-    if len(sends) == 1:
-        deliveries: list[Delivery] = [await sends[0]]
+            elif batch is not None:
+                waiting.append((index, record))
+            else:
+                sends.append(
+                    deliver(
+                        client,
+                        destination,
+                        encode_record(record),
+                        key=idempotency_key(job.id, destination.name, index),
+                        record_index=index,
+                    )
+                )
+        if waiting and batching is not None and batch is not None:
+            batched.append(await batching.submit(destination, batch, spec.retry, job.id, waiting))
+    exhausted = False
+    if batched and batching is not None:
+        batching.park()
+        deliveries: list[Delivery] = []
+        answers = [await batched[0]] if len(batched) == 1 and not sends else None
+        for answer in answers or await asyncio.gather(*sends, *batched):
+            if isinstance(answer, Delivery):
+                deliveries.append(answer)
+            else:
+                deliveries += answer.deliveries
+                exhausted = exhausted or answer.exhausted
+    elif len(sends) == 1:
+        deliveries = [await sends[0]]
     else:
         deliveries = list(await asyncio.gather(*sends))
 
@@ -152,4 +190,5 @@ async def run_workflow(
         console=console,
         deliveries=settled,
         rewrite_seconds=rewrite_seconds,
+        exhausted=exhausted and verdict is Verdict.RETRY,
     )

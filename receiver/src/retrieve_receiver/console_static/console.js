@@ -185,6 +185,33 @@ async function refreshLogs() {
   }
 }
 
+// ---------------------------------------------------------------- error notifications
+
+async function refreshNotifications() {
+  const select = document.getElementById("log-integration");
+  if (!select.value) return;
+  const filter = JSON.parse(select.value);
+  const query = new URLSearchParams({ namespace: filter.namespace, app: filter.app, limit: "50" });
+  if (filter.integration) query.set("integration", filter.integration);
+  try {
+    const data = await api(`api/notifications?${query}`);
+    document.getElementById("notification-rows").replaceChildren(...data.attempts.map((a) => el("tr", { "data-result": a.result },
+      el("td", { text: fmtTime(a.ts) }),
+      el("td", { text: a.notification }),
+      el("td", { text: a.event }),
+      el("td", {}, el("code", { text: a.integration_id })),
+      el("td", { class: "num", text: a.count }),
+      el("td", {}, el("span", { class: `status status-${a.result === "sent" ? "succeeded" : "failed"}`, text: a.result })),
+      el("td", { text: a.http_status === null ? "–" : a.http_status }),
+      el("td", { class: "num", text: a.attempts }),
+      el("td", { text: a.error || "" }),
+    )));
+    document.getElementById("notification-count").textContent = `${data.attempts.length} attempt(s)`;
+  } catch (error) {
+    notice(`Notifications unavailable: ${error.message}`);
+  }
+}
+
 function pretty(text) {
   try { return JSON.stringify(JSON.parse(text), null, 2); } catch { return text; }
 }
@@ -216,10 +243,12 @@ async function showEvent(filter, id) {
       el("dt", { text: "updated" }), el("dd", { text: fmtTime(r.updated_at) }),
     ),
     r.destinations.length ? el("table", { class: "destinations" },
-      el("thead", {}, el("tr", {}, ...["destination", "record", "HTTP", "ms", "error"].map((h) => el("th", { text: h })))),
+      el("thead", {}, el("tr", {}, ...["destination", "record", "HTTP", "ms", "batch", "error"].map((h) => el("th", { text: h })))),
       el("tbody", {}, ...r.destinations.map((d) => el("tr", {},
         el("td", { text: d.name }), el("td", { text: d.record }), el("td", { text: d.status === null ? "–" : d.status }),
-        el("td", { class: "num", text: d.latency_ms.toFixed(1) }), el("td", { text: d.error || "" }))))) : null,
+        el("td", { class: "num", text: d.latency_ms.toFixed(1) }),
+        el("td", {}, d.batch ? el("code", { class: "batch", text: d.batch }) : "–"),
+        el("td", { text: d.error || "" }))))) : null,
     r.console.length ? el("pre", { class: "console-lines", text: r.console.join("\n") }) : null,
   ].filter(Boolean));
   document.getElementById("event-payload").textContent = pretty(r.payload) + (r.payload_truncated ? "\n… (truncated)" : "");
@@ -230,13 +259,15 @@ async function start() {
   const statusSelect = document.getElementById("log-status");
   const { statuses } = await api("api/statuses");
   for (const s of statuses) statusSelect.append(el("option", { value: s, text: s }));
-  document.getElementById("log-filters").addEventListener("submit", (event) => { event.preventDefault(); refreshLogs(); });
-  document.getElementById("log-integration").addEventListener("change", refreshLogs);
+  document.getElementById("log-filters").addEventListener("submit", (event) => { event.preventDefault(); refreshLogs(); refreshNotifications(); });
+  document.getElementById("log-integration").addEventListener("change", () => { refreshLogs(); refreshNotifications(); });
   statusSelect.addEventListener("change", refreshLogs);
   await refreshOverview();
   await refreshChart();
   await refreshLogs();
+  await refreshNotifications();
   setInterval(refreshOverview, 3000);
+  setInterval(refreshNotifications, 5000);
   setInterval(refreshChart, 3000);
 }
 

@@ -1,0 +1,205 @@
+"""End-to-end latency benchmark (a script, not a test): webhook sent -> record received.
+
+One `retrieve receiver` and one `retrieve worker` process over a private redis-server (AOF, as
+dev mode), a destination that is an aiohttp server in its own process, and an open-loop sender
+in its own process posting at a fixed rate. Each webhook carries the time it was sent; the
+destination notes, for every record it receives, now minus that time. Printed per rate: p50,
+p99 and max of that latency, without batching and with `batch: {maxRecords: 100, maxWaitMs: 50}`.
+
+    .venv/bin/python bench/e2e_latency_bench.py [--rates 1000,2000] [--seconds 5] [--wait-ms 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from retrieve_cli.redis_process import PrivateRedis  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
+
+SINK = r"""
+import json, sys, time
+from aiohttp import web
+latencies = []
+async def take(request):
+    now = time.time()
+    body = json.loads(await request.read())
+    for record in body if isinstance(body, list) else [body]:
+        latencies.append(now - record["sent_at"])
+    return web.Response(text='{"ok":true}', content_type="application/json")
+async def stats(request):
+    data = sorted(latencies)
+    latencies.clear()
+    return web.json_response(data)
+app = web.Application()
+app.router.add_post("/{tail:.*}", take)
+app.router.add_get("/stats", stats)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+SENDER = r"""
+import asyncio, json, sys, time
+from retrieve_worker.httpclient import DestinationClient
+async def main(url, rate, seconds):
+    client = DestinationClient(user_agent="retrieve-bench")
+    statuses = {}
+    headers = {"Content-Type": "application/json"}
+    async def one(n):
+        body = json.dumps({"n": n, "sent_at": time.time(), "note": "x" * 900}).encode()
+        answer = await client.request("POST", url, headers, body, 30)
+        statuses[answer.status] = statuses.get(answer.status, 0) + 1
+    total = int(rate * seconds)
+    begin = time.perf_counter()
+    tasks = []
+    for n in range(total):
+        delay = begin + n / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(n)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - begin
+    await client.close()
+    print(json.dumps({"sent": total, "rps": total / elapsed, "statuses": statuses}))
+try:
+    import uvloop
+    uvloop.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
+except ImportError:
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
+"""
+
+PLAIN, BATCHED = "LATENCY1", "LATENCY2"
+
+
+def write_config(directory: Path, sink_url: str, wait_ms: int) -> None:
+    def integration(name: str, integration_id: str, http: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": "retrievetl.com/v1alpha1",
+            "kind": "Integration",
+            "metadata": {"name": name, "namespace": "bench"},
+            "spec": {
+                "application": "latency",
+                "integrationId": integration_id,
+                "destinations": [{"name": "sink", "http": http}],
+            },
+        }
+
+    documents = [
+        {
+            "apiVersion": "retrievetl.com/v1alpha1",
+            "kind": "RetrieveApplication",
+            "metadata": {"name": "latency", "namespace": "bench"},
+            "spec": {
+                "webhook": {"enabled": True, "domain": "retrievetl.com"},
+                "allowedList": ["127.0.0.1"],
+                "worker": {"concurrency": 128},
+            },
+        },
+        integration("plain", PLAIN, {"url": f"{sink_url}/plain"}),
+        integration(
+            "batched",
+            BATCHED,
+            {"url": f"{sink_url}/batched", "batch": {"maxRecords": 100, "maxWaitMs": wait_ms}},
+        ),
+    ]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "bench.yaml").write_text(yaml.safe_dump_all(documents, sort_keys=False))
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def retrieve(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "retrieve_cli.main", "--log-level", "WARNING", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def percentile(data: list[float], p: float) -> float:
+    return data[min(len(data) - 1, int(p * len(data)))] * 1000 if data else float("nan")
+
+
+def main(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="retrieve-latency-"))
+    redis = PrivateRedis().start()
+    sink_port, port, admin, worker_admin = free_port(), free_port(), free_port(), free_port()
+    sink_url = f"http://127.0.0.1:{sink_port}"
+    write_config(workdir, sink_url, args.wait_ms)
+    processes = [subprocess.Popen([sys.executable, "-c", SINK, str(sink_port)])]
+    common = ["--config-dir", str(workdir), "--redis-url", redis.url]
+    try:
+        processes.append(
+            retrieve("receiver", *common, "--host", "127.0.0.1", "--port", str(port),
+                     "--admin-port", str(admin))
+        )  # fmt: skip
+        processes.append(
+            retrieve("worker", *common, "--host", "127.0.0.1", "--admin-port", str(worker_admin))
+        )
+        wait_http(f"http://127.0.0.1:{admin}/readyz")
+        wait_http(f"http://127.0.0.1:{worker_admin}/readyz")
+        wait_http(f"{sink_url}/stats")
+        print(f"{'':28} {'sent/s':>8} {'records':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+        for rate in args.rates:
+            for label, integration in (("unbatched", PLAIN), ("batched", BATCHED)):
+                url = f"http://127.0.0.1:{port}/integration/{integration}"
+                # Warm-up (connections, JIT-less caches), then the measured run.
+                subprocess.run([sys.executable, "-c", SENDER, url, "200", "1"], check=True,
+                               capture_output=True)  # fmt: skip
+                time.sleep(1 + args.wait_ms / 1000)
+                urllib.request.urlopen(f"{sink_url}/stats").read()
+                command = [sys.executable, "-c", SENDER, url, str(rate), str(args.seconds)]
+                run = subprocess.run(command, check=True, capture_output=True)
+                sent = json.loads(run.stdout)
+                time.sleep(2 + args.wait_ms / 1000)  # the last records arrive
+                with urllib.request.urlopen(f"{sink_url}/stats") as answer:
+                    latencies: list[float] = json.loads(answer.read())
+                name = f"{label} @ {rate}/s"
+                refused = "" if sent["statuses"] == {"200": sent["sent"]} else sent["statuses"]
+                worst = latencies[-1] * 1000 if latencies else float("nan")
+                print(
+                    f"{name:<28} {sent['rps']:8.0f} {len(latencies):8d} "
+                    f"{percentile(latencies, 0.5):8.2f} {percentile(latencies, 0.99):8.2f} "
+                    f"{worst:8.2f} {refused}",
+                    flush=True,
+                )
+    finally:
+        for process in reversed(processes):
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        redis.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--rates", type=lambda v: [int(r) for r in v.split(",")], default=[1000, 2000]
+    )
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--wait-ms", type=int, default=50, help="batch.maxWaitMs")
+    main(parser.parse_args())
