@@ -68,7 +68,7 @@ if [[ -d $NODE_STATE ]]; then
   findmnt -rn -o TARGET | grep -F "$NODE_STATE/" | sort -r | while read -r target; do
     umount -l "$target" 2>/dev/null || true
   done
-  findmnt -rn -o TARGET | grep -qx "$NODE_STATE" && umount -l "$NODE_STATE" || true
+  if findmnt -rn "$NODE_STATE" >/dev/null 2>&1; then umount -l "$NODE_STATE" || true; fi
 fi
 for ns in $(ls /run/netns 2>/dev/null | grep '^cni-' || true); do
   if [[ ! -f $RUN/netns-before ]] || ! grep -qx "$ns" "$RUN/netns-before"; then

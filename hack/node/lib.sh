@@ -37,9 +37,12 @@ node_k8s_bin() {
 }
 
 # A process started by up.sh is alive when its pid file names a live process with that binary.
+# (No pipe into `grep -q` here: under pipefail its early exit can fail the pipeline with SIGPIPE.)
 node_pid_alive() {
-  local name=$1 pidfile=$NODE_STATE/run/$1.pid pid
+  local name=$1 pidfile=$NODE_STATE/run/$1.pid pid cmdline
   [[ -f $pidfile ]] || return 1
   pid=$(<"$pidfile")
-  [[ -d /proc/$pid ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$name"
+  [[ -r /proc/$pid/cmdline ]] || return 1
+  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ $cmdline == *"$name"* ]]
 }
