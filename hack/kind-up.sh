@@ -12,6 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=hack/gateway-api/version.env
 source hack/gateway-api/version.env
+# shellcheck source=hack/lib/examples.sh
+source hack/lib/examples.sh
 
 CLUSTER=${KIND_CLUSTER_NAME:-retrieve}
 CONTEXT="kind-${CLUSTER}"
@@ -103,34 +105,6 @@ k -n "$NAMESPACE" rollout status deployment/retrieve-operator --timeout=180s
 
 log "applying examples/ and a sink that prints what the destinations receive"
 k apply -f examples/
-k -n "$APP_NAMESPACE" apply -f - <<YAML
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: sink, labels: {app: sink}}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: sink}}
-  template:
-    metadata: {labels: {app: sink}}
-    spec:
-      securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}
-      containers:
-        - name: sink
-          image: ${RUNTIME_IMAGE}
-          args: [sink, --host, 0.0.0.0, --port, "9099"]
-          ports: [{containerPort: 9099}]
-          securityContext:
-            allowPrivilegeEscalation: false
-            readOnlyRootFilesystem: true
-            capabilities: {drop: [ALL]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: sink}
-spec:
-  selector: {app: sink}
-  ports: [{port: 9099, targetPort: 9099}]
-YAML
 # kind specifics on top of the examples: the Ingress class; Traefik (a pod in 10.244.0.0/16) is
 # the trusted proxy whose X-Forwarded-For names the sender, behind the Ingress and the Gateway
 # alike; curl on this machine reaches the node through Docker's network (172.16.0.0/12), so that
@@ -142,16 +116,10 @@ k -n "$APP_NAMESPACE" patch retrieveapplication yourapp --type merge -p '{
     "allowedList": ["127.0.0.1", "::1", "shopify.com", "203.0.113.0", "198.51.100.0/24", "172.16.0.0/12"]
   }
 }'
-k -n "$APP_NAMESPACE" patch integration shopify-orders --type merge -p '{"spec": {"destinations": [
-  {"name": "warehouse", "http": {"url": "http://sink:9099/orders", "method": "POST", "timeoutSeconds": 10}}]}}'
-k -n "$APP_NAMESPACE" patch integration legacy-xml-orders --type merge -p '{"spec": {"destinations": [
-  {"name": "erp", "http": {"url": "http://sink:9099/erp/orders", "method": "POST", "timeoutSeconds": 5}}]}}'
+examples_sink_and_destinations
 
 log "waiting for the application and its integrations to be Ready"
-k -n "$APP_NAMESPACE" wait --for=condition=Ready retrieveapplication/yourapp --timeout=300s
-k -n "$APP_NAMESPACE" wait --for=condition=Ready integration --all --timeout=300s
-k -n "$APP_NAMESPACE" rollout status deployment/yourapp-receiver --timeout=180s
-k -n "$APP_NAMESPACE" get rapp,rint,deploy,svc,ingress
+examples_wait_ready
 
 BODY='{"event": "order.created", "order": {"id": 1, "email": "a@example.com", "total_price": "9.99"}}'
 CURL=(curl -sS -X POST -H "Host: ${HOST}" -H 'Content-Type: application/json'

@@ -81,37 +81,17 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
+# shellcheck source=../lib/gobuild.sh
+source "$here/../lib/gobuild.sh"
 
 cache="${RETRIEVE_TESTCLUSTER_CACHE:-$HOME/.cache/retrieve-testcluster}"
 bin_dir="$cache/node-bin-coredns${COREDNS_VERSION}-traefik${TRAEFIK_VERSION}"
 binaries=(coredns traefik)
+log_tag=node
 
-have_all() {
-    local b
-    for b in "${binaries[@]}"; do
-        [[ -x "$bin_dir/$b" ]] || return 1
-    done
-}
-
-# Fast path: nothing to do.
-if [[ "${1:-}" != "--tidy" ]] && have_all; then
-    echo "$bin_dir"
-    exit 0
-fi
-
-log() { echo "[node] $*" >&2; }
-
-if ! command -v go >/dev/null 2>&1; then
-    log "error: 'go' not found on PATH (need Go >= 1.26)"
-    exit 1
-fi
-
-mkdir -p "$cache"
-export GOMODCACHE="$cache/gomod"
-export GOCACHE="$cache/gocache"
+gobuild_fast_path "$@"
+gobuild_env
 export GOTOOLCHAIN=local
-export CGO_ENABLED=0
-export GOFLAGS="-mod=readonly -buildvcs=false"
 
 if [[ "${1:-}" == "--tidy" ]]; then
     log "go mod tidy in coredns/"
@@ -134,35 +114,11 @@ if [[ "${1:-}" == "--tidy" ]]; then
 fi
 
 # Serialise concurrent builds (e.g. two test runs starting at once).
-if command -v flock >/dev/null 2>&1; then
-    exec 9>"$cache/node-build.lock"
-    flock 9
-    if have_all; then
-        echo "$bin_dir"
-        exit 0
-    fi
-fi
-
-# Sanity check: the wrapper modules must pin the versions in versions.env.
-check_pin() {
-    local dir="$1" module="$2" want="$3" got
-    got="$(awk -v m="$module" '$1 == m { print $2; exit } $1 == "require" && $2 == m { print $3; exit }' "$here/$dir/go.mod")"
-    if [[ "$got" != "$want" ]]; then
-        log "error: $dir/go.mod requires $module $got but versions.env says $want"
-        exit 1
-    fi
-}
-check_pin coredns github.com/coredns/coredns "$COREDNS_VERSION"
-check_pin traefik github.com/traefik/traefik/v3 "$TRAEFIK_VERSION"
-
-log "go: $(go version) GOTOOLCHAIN=$(go env GOTOOLCHAIN) GOPROXY=$(go env GOPROXY)"
-log "building into $bin_dir (cache $cache)"
-start=$(date +%s)
+gobuild_lock node-build.lock
+gobuild_check_pin coredns github.com/coredns/coredns "$COREDNS_VERSION"
+gobuild_check_pin traefik github.com/traefik/traefik/v3 "$TRAEFIK_VERSION"
+gobuild_start
 build_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-
-tmp="$(mktemp -d "$cache/tmp-node-bin.XXXXXX")"
-chmod 755 "$tmp"
-trap 'rm -rf "$tmp"' EXIT
 
 # --- CoreDNS ----------------------------------------------------------------------------------------
 t0=$(date +%s)
@@ -203,12 +159,5 @@ elapsed=$(($(date +%s) - start))
     echo "go=$(go env GOVERSION) built=$build_date build_seconds=$elapsed coredns_seconds=$coredns_s traefik_seconds=$traefik_s"
 } >"$tmp/BUILD-INFO"
 
-# Publish atomically: a half-finished build never looks cached.
-rm -rf "$bin_dir"
-mv "$tmp" "$bin_dir"
-trap - EXIT
-
-log "build wall time: ${elapsed} s"
-log "cache disk usage: $(du -sh "$cache" 2>/dev/null | cut -f1) ($cache)"
-log "  binaries: $(du -sh "$bin_dir" | cut -f1), GOMODCACHE: $(du -sh "$GOMODCACHE" | cut -f1), GOCACHE: $(du -sh "$GOCACHE" | cut -f1)"
+gobuild_publish
 echo "$bin_dir"

@@ -8,6 +8,8 @@
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=../lib/examples.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/examples.sh"
 cd "$NODE_REPO"
 
 NAMESPACE=${RETRIEVE_NAMESPACE:-retrieve-system}
@@ -35,24 +37,15 @@ if ! k -n "$APP_NAMESPACE" get secret yourapp-console >/dev/null 2>&1; then
     --from-literal=token="$(openssl rand -hex 16)" >/dev/null
 fi
 k apply -f examples/
-sed "s#RUNTIME_IMAGE#$RUNTIME_IMAGE#" hack/node/manifests/sink.yaml | k -n "$APP_NAMESPACE" apply -f -
 # What this node needs on top of the examples: Traefik (a process on the node, which reaches pods
 # from the bridge's gateway address) is the trusted proxy whose X-Forwarded-For names the sender,
-# and the destinations point at the sink instead of 127.0.0.1.
+# and the destinations point at a sink instead of 127.0.0.1.
 k -n "$APP_NAMESPACE" patch retrieveapplication yourapp --type merge \
   -p "{\"spec\": {\"trustedProxies\": [\"$POD_GATEWAY\"]}}"
-k -n "$APP_NAMESPACE" patch integration shopify-orders --type merge -p '{"spec": {"destinations": [
-  {"name": "warehouse", "http": {"url": "http://sink:9099/orders", "method": "POST", "timeoutSeconds": 10}}]}}'
-k -n "$APP_NAMESPACE" patch integration legacy-xml-orders --type merge -p '{"spec": {"destinations": [
-  {"name": "erp", "http": {"url": "http://sink:9099/erp/orders", "method": "POST", "timeoutSeconds": 5}}]}}'
+examples_sink_and_destinations
 
 node_log "waiting for the application, its integrations, receivers and workers"
-k -n "$APP_NAMESPACE" wait --for=condition=Ready retrieveapplication/yourapp --timeout=300s
-k -n "$APP_NAMESPACE" wait --for=condition=Ready integration --all --timeout=300s
-k -n "$APP_NAMESPACE" rollout status deployment/yourapp-receiver --timeout=300s
-k -n "$APP_NAMESPACE" rollout status deployment/yourapp-worker --timeout=300s
-k -n "$APP_NAMESPACE" rollout status deployment/sink --timeout=120s
-k -n "$APP_NAMESPACE" get rapp,rint,deploy,svc,ingress >&2
+examples_wait_ready
 
 HOST=webhook-yourapp.retrievetl.com
 node_log "one webhook through Traefik (Host: $HOST)"

@@ -17,36 +17,16 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
+# shellcheck source=../lib/gobuild.sh
+source "$here/../lib/gobuild.sh"
 
 cache="${RETRIEVE_TESTCLUSTER_CACHE:-$HOME/.cache/retrieve-testcluster}"
 bin_dir="$cache/bin-${K8S_VERSION}-etcd${ETCD_VERSION}-helm${HELM_VERSION}"
 binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd helm)
+log_tag=testcluster
 
-have_all() {
-    local b
-    for b in "${binaries[@]}"; do
-        [[ -x "$bin_dir/$b" ]] || return 1
-    done
-}
-
-# Fast path: nothing to do.
-if [[ "${1:-}" != "--tidy" ]] && have_all; then
-    echo "$bin_dir"
-    exit 0
-fi
-
-log() { echo "[testcluster] $*" >&2; }
-
-if ! command -v go >/dev/null 2>&1; then
-    log "error: 'go' not found on PATH (need Go >= 1.26)"
-    exit 1
-fi
-
-mkdir -p "$cache"
-export GOMODCACHE="$cache/gomod"
-export GOCACHE="$cache/gocache"
-export CGO_ENABLED=0
-export GOFLAGS="-mod=readonly -buildvcs=false"
+gobuild_fast_path "$@"
+gobuild_env
 
 if [[ "${1:-}" == "--tidy" ]]; then
     for m in k8s etcd helm; do
@@ -57,35 +37,11 @@ if [[ "${1:-}" == "--tidy" ]]; then
 fi
 
 # Serialise concurrent builds (e.g. two test runs starting at once).
-if command -v flock >/dev/null 2>&1; then
-    exec 9>"$cache/build.lock"
-    flock 9
-    if have_all; then
-        echo "$bin_dir"
-        exit 0
-    fi
-fi
-
-# Sanity check: the wrapper modules must pin the versions in versions.env.
-check_pin() {
-    local dir="$1" module="$2" want="$3" got
-    got="$(awk -v m="$module" '$1 == m { print $2; exit } $1 == "require" && $2 == m { print $3; exit }' "$here/$dir/go.mod")"
-    if [[ "$got" != "$want" ]]; then
-        log "error: $dir/go.mod requires $module $got but versions.env says $want"
-        exit 1
-    fi
-}
-check_pin k8s k8s.io/kubernetes "$K8S_VERSION"
-check_pin etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
-check_pin helm helm.sh/helm/v3 "$HELM_VERSION"
-
-log "go: $(go version) GOTOOLCHAIN=$(go env GOTOOLCHAIN) GOPROXY=$(go env GOPROXY)"
-log "building into $bin_dir (cache $cache)"
-start=$(date +%s)
-
-tmp="$(mktemp -d "$cache/tmp-bin.XXXXXX")"
-chmod 755 "$tmp"
-trap 'rm -rf "$tmp"' EXIT
+gobuild_lock build.lock
+gobuild_check_pin k8s k8s.io/kubernetes "$K8S_VERSION"
+gobuild_check_pin etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+gobuild_check_pin helm helm.sh/helm/v3 "$HELM_VERSION"
+gobuild_start
 
 # --- Kubernetes: control plane and node binaries ---------------------------------
 k8s_ver="${K8S_VERSION#v}"
@@ -133,12 +89,5 @@ elapsed=$(($(date +%s) - start))
     echo "go=$(go env GOVERSION) built=$build_date build_seconds=$elapsed"
 } >"$tmp/BUILD-INFO"
 
-# Publish atomically: a half-finished build never looks cached.
-rm -rf "$bin_dir"
-mv "$tmp" "$bin_dir"
-trap - EXIT
-
-echo "build wall time: ${elapsed} s"
-echo "cache disk usage: $(du -sh "$cache" 2>/dev/null | cut -f1) ($cache)"
-echo "  binaries: $(du -sh "$bin_dir" | cut -f1), GOMODCACHE: $(du -sh "$GOMODCACHE" | cut -f1), GOCACHE: $(du -sh "$GOCACHE" | cut -f1)"
+gobuild_publish
 echo "$bin_dir"
