@@ -7,6 +7,12 @@ destination notes, for every record it receives, now minus that time. Printed pe
 p99 and max of that latency, without batching and with `batch: {maxRecords: 100, maxWaitMs: 50}`.
 
     .venv/bin/python bench/e2e_latency_bench.py [--rates 1000,2000] [--seconds 5] [--wait-ms 50]
+        [--senders 2]
+
+`--senders N` splits each rate over N sender processes (one Python sender may not keep up on a
+busy machine: `sent/s` below the rate means the figures include the sender's own lag). Each row
+ends with the 1-minute load average and the number of CPUs, so a figure from a shared machine
+says how shared it was.
 """
 
 from __future__ import annotations
@@ -28,8 +34,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from retrieve_cli.redis_process import PrivateRedis  # noqa: E402
-from tests.support.ports import free_port  # noqa: E402
+from harness.waits import free_port, wait_http  # noqa: E402
+from retrieve_cli.redis_server import RedisServer  # noqa: E402
 
 SINK = r"""
 import json, sys, time
@@ -119,17 +125,6 @@ def write_config(directory: Path, sink_url: str, wait_ms: int) -> None:
     (directory / "bench.yaml").write_text(yaml.safe_dump_all(documents, sort_keys=False))
 
 
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer")
-
-
 def retrieve(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "retrieve_cli.main", "--log-level", "WARNING", *args],
@@ -138,13 +133,36 @@ def retrieve(*args: str) -> subprocess.Popen[bytes]:
     )
 
 
+def send(url: str, rate: int, seconds: float, senders: int) -> dict[str, Any]:
+    """`rate` webhooks/s for `seconds`, from `senders` processes at once; what they sent."""
+    share = [rate // senders + (1 if n < rate % senders else 0) for n in range(senders)]
+    running = [
+        subprocess.Popen(
+            [sys.executable, "-c", SENDER, url, str(part), str(seconds)], stdout=subprocess.PIPE
+        )
+        for part in share
+        if part
+    ]
+    total: dict[str, Any] = {"sent": 0, "rps": 0.0, "statuses": {}}
+    for process in running:
+        out, _ = process.communicate()
+        if process.returncode:
+            raise RuntimeError(f"a sender failed ({process.returncode})")
+        one = json.loads(out)
+        total["sent"] += one["sent"]
+        total["rps"] += one["rps"]
+        for status, count in one["statuses"].items():
+            total["statuses"][status] = total["statuses"].get(status, 0) + count
+    return total
+
+
 def percentile(data: list[float], p: float) -> float:
     return data[min(len(data) - 1, int(p * len(data)))] * 1000 if data else float("nan")
 
 
 def main(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="retrieve-latency-"))
-    redis = PrivateRedis().start()
+    redis = RedisServer().start()
     sink_port, port, admin, worker_admin = free_port(), free_port(), free_port(), free_port()
     sink_url = f"http://127.0.0.1:{sink_port}"
     write_config(workdir, sink_url, args.wait_ms)
@@ -170,9 +188,8 @@ def main(args: argparse.Namespace) -> None:
                                capture_output=True)  # fmt: skip
                 time.sleep(1 + args.wait_ms / 1000)
                 urllib.request.urlopen(f"{sink_url}/stats").read()
-                command = [sys.executable, "-c", SENDER, url, str(rate), str(args.seconds)]
-                run = subprocess.run(command, check=True, capture_output=True)
-                sent = json.loads(run.stdout)
+                load = os.getloadavg()[0]
+                sent = send(url, rate, args.seconds, args.senders)
                 time.sleep(2 + args.wait_ms / 1000)  # the last records arrive
                 with urllib.request.urlopen(f"{sink_url}/stats") as answer:
                     latencies: list[float] = json.loads(answer.read())
@@ -182,7 +199,7 @@ def main(args: argparse.Namespace) -> None:
                 print(
                     f"{name:<28} {sent['rps']:8.0f} {len(latencies):8d} "
                     f"{percentile(latencies, 0.5):8.2f} {percentile(latencies, 0.99):8.2f} "
-                    f"{worst:8.2f} {refused}",
+                    f"{worst:8.2f}  load {load:.1f}/{os.cpu_count()} CPUs {refused}",
                     flush=True,
                 )
     finally:
@@ -192,7 +209,7 @@ def main(args: argparse.Namespace) -> None:
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
-        redis.stop()
+        redis.cleanup()
 
 
 if __name__ == "__main__":
@@ -202,4 +219,5 @@ if __name__ == "__main__":
     )
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--wait-ms", type=int, default=50, help="batch.maxWaitMs")
+    parser.add_argument("--senders", type=int, default=1, help="sender processes per rate")
     main(parser.parse_args())

@@ -1,16 +1,22 @@
 """Operator benchmark: N applications x M integrations against the real test API server.
 
-Starts etcd + kube-apiserver + kube-controller-manager (tests/support/kube_cluster.py), applies
-the CRDs, runs ``kopf run -A --standalone -m retrieve_operator.handlers`` as a subprocess, creates
-the applications and integrations in one go, and measures:
+Starts etcd + kube-apiserver (with an audit log of every write) + kube-controller-manager
+(harness/kube_control_plane.py) and a Redis for the status poll, applies the CRDs, runs ``kopf run
+-A --standalone -m retrieve_operator.handlers`` as a subprocess, creates the applications and
+integrations in one go, and measures:
 
 - the time until every Integration has a webhookURL and Ready=True (and every application
-  Ready=True for its current generation);
+  Ready=True for its current generation), counted from the end of the apply;
 - the time until a change to every application (a new whitelist entry) is observed;
 - the time to repair drift (a receiver Deployment scaled by hand);
-- the operator's peak RSS (VmHWM) and CPU time, and the control plane's RSS.
+- the time from `kubectl apply` of a whitelist change to a receiver enforcing it;
+- a restart of the operator: the time until every object's resume handler has run, and the
+  write calls (create/update/patch/delete, from the audit log) the operator made from its start
+  until the restart settled (resumes done, then one status interval more), by verb and resource;
+- the operator's peak RSS (VmHWM) and CPU time, the control plane's RSS, ERROR log lines.
 
     python bench/operator_bench.py [--apps 50] [--integrations 10] [--namespaces 10]
+    python bench/operator_bench.py --apps 500 --integrations 10 --namespaces 50   # 5,000
 """
 
 from __future__ import annotations
@@ -19,25 +25,39 @@ import argparse
 import http.client
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from retrieve_cli.redis_process import PrivateRedis  # noqa: E402
+from harness.kube_control_plane import KubeTestCluster  # noqa: E402
+from retrieve_cli.redis_server import RedisServer, free_port  # noqa: E402
 from retrieve_core.models import derive_integration_id  # noqa: E402
-from tests.support.kube_cluster import KubeTestCluster  # noqa: E402
-from tests.support.ports import free_port  # noqa: E402
 
 GROUP_VERSION = "retrievetl.com/v1alpha1"
+STATUS_INTERVAL_SECONDS = 15.0
+# Writes only, with who made them: the operator is told apart by its user agents (kopf's own
+# client, and the reconciler's "retrieve-operator").
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    verbs: [create, update, patch, delete, deletecollection]
+  - level: None
+"""
+OPERATOR_USER_AGENTS = ("kopf/", "retrieve-operator")
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -56,17 +76,66 @@ def cpu_seconds(pid: int) -> float:
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float) -> float:
+    """Seconds until `check` holds; a check that costs more (listing 5,000 objects) is made
+    less often, so the bench does not load the API server more than the operator does."""
     started = time.monotonic()
-    while not check():
+    while True:
+        before = time.monotonic()
+        if check():
+            return time.monotonic() - started
         if time.monotonic() - started > timeout:
             raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.5)
-    return time.monotonic() - started
+        time.sleep(max(0.5, time.monotonic() - before))
 
 
-def items(cluster: KubeTestCluster, kind: str) -> list[dict[str, Any]]:
-    out = cluster.kubectl("get", kind, "-A", "-o", "json", timeout=120).stdout
-    return list(json.loads(out)["items"])
+def items(cluster: KubeTestCluster, plural: str) -> list[dict[str, Any]]:
+    return list(cluster.api_get(f"/apis/{GROUP_VERSION}/{plural}", timeout=120)["items"])
+
+
+def operator_writes(audit_log: Path, offset: int) -> tuple[Counter[str], int]:
+    """The operator's write calls in the audit log after byte `offset`, as
+    "VERB resource[/subresource]" -> count; and the log's size now."""
+    calls: Counter[str] = Counter()
+    with audit_log.open("rb") as log:
+        log.seek(offset)
+        data = log.read()
+    for line in data.splitlines():
+        event = json.loads(line)
+        if not str(event.get("userAgent", "")).startswith(OPERATOR_USER_AGENTS):
+            continue
+        ref = event.get("objectRef") or {}
+        resource = ref.get("resource", "?") + (
+            f"/{ref['subresource']}" if ref.get("subresource") else ""
+        )
+        calls[f"{event['verb'].upper()} {resource}"] += 1
+    return calls, offset + len(data)
+
+
+def count_lines(path: Path, text: str) -> int:
+    return sum(1 for line in path.read_text(errors="replace").splitlines() if text in line)
+
+
+def error_lines(path: Path) -> list[str]:
+    return [
+        line
+        for line in path.read_text(errors="replace").splitlines()
+        if "ERROR" in line and "storage is (re)initializing" not in line
+    ]
+
+
+@contextmanager
+def running_operator(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    command = [sys.executable, "-m", "kopf", "run", "-A", "--standalone", "-m",
+               "retrieve_operator.handlers"]  # fmt: skip
+    with (
+        log_path.open("wb") as log,
+        subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT) as operator,
+    ):
+        try:
+            yield operator
+        finally:
+            operator.terminate()
+            operator.wait(timeout=60)
 
 
 def ready(obj: dict[str, Any]) -> bool:
@@ -140,7 +209,7 @@ def measure_propagation(cluster: KubeTestCluster, rounds: int) -> list[float]:
     path = f"/integration/{integration}"
     port, admin = free_port(), free_port()
     timings: list[float] = []
-    with PrivateRedis() as redis:
+    with RedisServer() as redis:
         receiver = subprocess.Popen(
             [sys.executable, "-m", "retrieve_cli.main", "--log-level", "WARNING", "receiver",
              "--from-cluster", "--namespace", "bench-0", "--app", "app0", "--redis-url",
@@ -192,48 +261,50 @@ def main() -> None:
     parser.add_argument("--propagation-rounds", type=int, default=5)
     args = parser.parse_args()
     total = args.apps * args.integrations
+    mib = 1024 * 1024
+    # Stopped from outside: unwind, so the operator, the control plane and Redis are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    with KubeTestCluster() as cluster, tempfile.TemporaryDirectory() as tmp:
-        cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
-        for crd in ("retrieveapplications.retrievetl.com", "integrations.retrievetl.com"):
-            cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}")
-        for n in range(args.namespaces):
-            cluster.kubectl("create", "namespace", f"bench-{n}")
+    with tempfile.TemporaryDirectory() as tmp_dir, RedisServer() as redis:
+        tmp = Path(tmp_dir)
+        policy, audit_log = tmp / "audit-policy.yaml", tmp / "audit.log"
+        policy.write_text(AUDIT_POLICY)
+        audit_log.touch()
+        audit = [f"--audit-policy-file={policy}", f"--audit-log-path={audit_log}"]
+        # One receiver Service (a ClusterIP) per application: more than a /24 holds.
+        with KubeTestCluster(
+            apiserver_args=audit, service_cluster_ip_range="10.96.0.0/16"
+        ) as cluster:
+            cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
+            for crd in ("retrieveapplications.retrievetl.com", "integrations.retrievetl.com"):
+                cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}")
+            for n in range(args.namespaces):
+                cluster.kubectl("create", "namespace", f"bench-{n}")
 
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(cluster.kubeconfig),
-            "RETRIEVE_RUNTIME_IMAGE": "registry.example/retrieve-runtime:bench",
-            "RETRIEVE_REDIS_URL": "redis://redis.bench:6379/0",
-        }
-        log_path = Path(tmp) / "operator.log"
-        command = [
-            sys.executable,
-            "-m",
-            "kopf",
-            "run",
-            "-A",
-            "--standalone",
-            "-m",
-            "retrieve_operator.handlers",
-        ]
-        with (
-            log_path.open("wb") as log,
-            subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT) as operator,
-        ):
-            try:
+            env = {
+                **os.environ,
+                "KUBECONFIG": str(cluster.kubeconfig),
+                "RETRIEVE_RUNTIME_IMAGE": "registry.example/retrieve-runtime:bench",
+                "RETRIEVE_REDIS_URL": redis.url,
+                "RETRIEVE_STATUS_INTERVAL_SECONDS": str(STATUS_INTERVAL_SECONDS),
+                "RETRIEVE_OPERATOR_METRICS_PORT": "0",
+            }
+            first_log, second_log = tmp / "operator.log", tmp / "operator-restarted.log"
+
+            def all_integrations_ready() -> bool:
+                objs = items(cluster, "integrations")
+                return len(objs) == total and all(
+                    ready(o) and (o.get("status") or {}).get("webhookURL") for o in objs
+                )
+
+            with running_operator(env, first_log) as operator:
                 time.sleep(3)  # let the operator start its watches
                 cpu_before = cpu_seconds(operator.pid)
                 started = time.monotonic()
                 apply(cluster, manifests(args.apps, args.integrations, args.namespaces))
                 applied = time.monotonic() - started
 
-                def all_integrations_ready() -> bool:
-                    objs = items(cluster, "integrations")
-                    return len(objs) == total and all(
-                        ready(o) and (o.get("status") or {}).get("webhookURL") for o in objs
-                    )
-
+                started = time.monotonic()
                 wait_for(all_integrations_ready, f"{total} Integrations Ready", args.timeout)
                 to_ready = time.monotonic() - started
                 apps_ready = all(ready(a) for a in items(cluster, "retrieveapplications"))
@@ -255,34 +326,42 @@ def main() -> None:
                 started = time.monotonic()
 
                 def repaired() -> bool:
-                    out = cluster.kubectl(
-                        "get",
-                        "deployment",
-                        "app0-receiver",
-                        "-n",
-                        "bench-0",
-                        "-o",
-                        "jsonpath={.spec.replicas}",
-                    ).stdout
+                    out = cluster.kubectl("get", "deployment", "app0-receiver", "-n", "bench-0",
+                                          "-o", "jsonpath={.spec.replicas}").stdout  # fmt: skip
                     return out.strip() == "1"
 
                 drift = wait_for(repaired, "drift repaired", 120)
                 propagation = measure_propagation(cluster, args.propagation_rounds)
                 memory = proc_status(operator.pid)
-                control_plane = cluster.rss_bytes()
-            finally:
-                operator.terminate()
-                operator.wait(timeout=60)
-        errors = [
-            line
-            for line in log_path.read_text(errors="replace").splitlines()
-            if "ERROR" in line and "storage is (re)initializing" not in line
-        ]
 
-    mib = 1024 * 1024
+                # Settled before the restart: the status refresh has written every
+                # Integration's counters (else the restarted operator writes them first).
+                def counted() -> bool:
+                    return all("queueDepth" in (o.get("status") or {})
+                               for o in items(cluster, "integrations"))  # fmt: skip
+
+                wait_for(counted, "every Integration's counters in its status", args.timeout)
+
+            # The restart: what the operator writes, from its start until it has resumed
+            # every object and one status interval has passed.
+            _, offset = operator_writes(audit_log, 0)
+            with running_operator(env, second_log) as operator:
+                started = time.monotonic()
+                resumed = "Resuming is processed"
+                wait_for(lambda: count_lines(second_log, resumed) >= args.apps + total,
+                         "every object resumed", args.timeout)  # fmt: skip
+                to_resume = time.monotonic() - started
+                time.sleep(STATUS_INTERVAL_SECONDS + 5)
+                restart_writes, _ = operator_writes(audit_log, offset)
+                still_ready = all_integrations_ready()
+                memory_restarted = proc_status(operator.pid)
+                control_plane = cluster.rss_bytes()
+        errors = error_lines(first_log) + error_lines(second_log)
+
     print(f"applications x integrations: {args.apps} x {args.integrations} = {total}")
     print(f"kubectl apply of all objects:           {applied:6.1f} s")
-    print(f"until all Integrations URL + Ready:     {to_ready:6.1f} s (apps ready: {apps_ready})")
+    print(f"until all Integrations URL + Ready:     {to_ready:6.1f} s after the apply "
+          f"(apps ready: {apps_ready})")  # fmt: skip
     print(f"operator CPU during creation:           {cpu_create:6.1f} s")
     print(f"until every application update seen:   {to_update:6.1f} s")
     print(f"drift repair (scaled receiver):         {drift:6.1f} s")
@@ -292,11 +371,18 @@ def main() -> None:
     )
     rss, peak = memory["VmRSS"] / mib, memory["VmHWM"] / mib
     print(f"operator RSS now / peak:                {rss:6.1f} / {peak:.1f} MiB")
+    print(f"restart: every object resumed after     {to_resume:6.1f} s "
+          f"(all still Ready: {still_ready}); peak RSS "
+          f"{memory_restarted['VmHWM'] / mib:.1f} MiB")  # fmt: skip
+    print(f"restart: operator writes until settled:  {sum(restart_writes.values())}")
+    for call, count in sorted(restart_writes.items()):
+        print(f"  {call:38}{count:6d}")
     for name, used in sorted(control_plane.items()):
         print(f"{name + ' RSS:':40}{used / mib:6.1f} MiB")
     print(f"operator ERROR log lines:               {len(errors)}")
     for line in errors[:10]:
         print("  " + line[:300])
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

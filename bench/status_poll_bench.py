@@ -3,7 +3,7 @@
 Starts a private `redis-server`, writes what receivers and workers write for APPS applications
 x INTEGRATIONS integrations (a full hour of per-minute counter buckets, last-received times,
 queued jobs, dead letters and their per-integration counts), then times full poll rounds: every
-application's counters read the way the operator's status timer reads them (livestatus.py, one
+application's counters read the way the operator's status timer reads them (status_counters.py, one
 pipelined round trip per application) and turned into status patches (the pure part).
 
     python bench/status_poll_bench.py [--apps 50] [--integrations 10] [--rounds 5]
@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from retrieve_cli.redis_process import PrivateRedis  # noqa: E402
+from retrieve_cli.redis_server import RedisServer  # noqa: E402
 from retrieve_core.keys import (  # noqa: E402
     COUNTER_FAILED,
     COUNTER_RECEIVED,
@@ -32,7 +32,7 @@ from retrieve_core.keys import (  # noqa: E402
     COUNTER_TTL_SECONDS,
     AppKeys,
 )
-from retrieve_operator.livestatus import (  # noqa: E402
+from retrieve_operator.status_counters import (  # noqa: E402
     ApplicationCounts,
     live_patch,
     live_status,
@@ -101,7 +101,7 @@ async def poll_round(redis: Redis, apps: int, integrations: int) -> tuple[float,
 
 
 async def main(apps: int, integrations: int, rounds: int) -> None:
-    with PrivateRedis() as server:
+    with RedisServer() as server:
         redis = CountingRedis.from_url(server.url)
         await fill(redis, apps, integrations, time.time())
         await poll_round(redis, apps, integrations)  # warm-up: loads the script once

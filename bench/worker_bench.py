@@ -7,6 +7,11 @@ process, on the event loop `retrieve worker` uses, and reports jobs/s for (a) fi
 (`batch: {maxRecords: 100, maxWaitMs: 50}`), the same sink.
 
     python bench/worker_bench.py --jobs 20000 [--concurrency 128] [--only mapping|rewrite|batched]
+    python bench/worker_bench.py --jobs 20000 --compare   # (a) and (c) side by side, one run
+
+Jobs/s is wall-clock (on a shared machine it moves with the load); jobs per worker CPU-second
+is what the worker process itself spends, and is the figure to compare. `--profile` prints
+cProfile's top functions (`BENCH_SORT=cumulative`, `BENCH_ROWS=N` to change the listing).
 """
 
 from __future__ import annotations
@@ -17,19 +22,21 @@ import cProfile
 import json
 import os
 import pstats
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
 
-from retrieve_cli.serve import run_event_loop
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness.cpu import cpu_seconds
+from harness.waits import free_port, wait_listening
+from retrieve_cli.components import run_event_loop
+from retrieve_cli.redis_server import RedisServer
 from retrieve_core.config import ApplicationConfig, IntegrationConfig, SecretStore
 from retrieve_core.job import Job, new_job_id
 from retrieve_core.logstore import LogRecord, LogStatus, add_record
@@ -62,32 +69,6 @@ app = web.Application()
 app.router.add_post("/orders", ok)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), to see who is the bottleneck."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_port(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 BATCH = {"maxRecords": 100, "maxWaitMs": 50}
@@ -161,7 +142,7 @@ async def scenario(
     pids: dict[str, int],
     profile: bool = False,
     batched: bool = False,
-) -> float:
+) -> tuple[float, float]:
     redis = Redis.from_url(redis_url)
     kind = "batched" if batched else "rewrite" if rewrite else "mapping"
     app = make_app(f"{kind}-{int(time.time())}", sink_url, rewrite, batched)
@@ -186,25 +167,21 @@ async def scenario(
     if profiler:
         profiler.enable()
     task = asyncio.create_task(worker.run())
+    # An entry leaves the stream when its outcome is stored: an empty stream is the end (one
+    # XLEN a poll, not a walk over the metrics registry in the process being measured).
     while True:
-        await asyncio.sleep(0.1)
-        done = (
-            worker.registry.get_sample_value(
-                "retrieve_worker_jobs_total", {**labels, "outcome": "succeeded"}
-            )
-            or 0
-        )
-        other = sum(
-            worker.registry.get_sample_value("retrieve_worker_jobs_total", {**labels, "outcome": o})
-            or 0
-            for o in ("failed", "retrying", "dead_letter")
-        )
-        if done + other >= jobs:
+        await asyncio.sleep(0.05)
+        if await redis.xlen(app.keys.jobs) == 0:
             break
         if task.done():
             task.result()
             raise RuntimeError("worker stopped early")
     elapsed = time.perf_counter() - started
+    other = sum(
+        worker.registry.get_sample_value("retrieve_worker_jobs_total", {**labels, "outcome": o})
+        or 0
+        for o in ("failed", "retrying", "dead_letter")
+    )
     if profiler:
         profiler.disable()
     cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
@@ -213,6 +190,7 @@ async def scenario(
     left = await redis.xlen(app.keys.jobs)
     await redis.aclose()
     rate = jobs / elapsed
+    per_cpu = jobs / max(cpu["worker"], 1e-9)
     print(
         f"{label:<22} {jobs} jobs in {elapsed:6.2f} s = {rate:8.0f} jobs/s "
         f"(not succeeded: {int(other)}, left in stream: {left})"
@@ -220,72 +198,66 @@ async def scenario(
     print(
         "    CPU seconds: "
         + ", ".join(f"{name} {secs:.1f}" for name, secs in cpu.items())
-        + f"; {jobs / max(cpu['worker'], 1e-9):.0f} jobs per worker CPU-second"
+        + f"; {per_cpu:.0f} jobs per worker CPU-second"
     )
     if profiler:
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
-    return rate
+        pstats.Stats(profiler).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(
+            int(os.environ.get("BENCH_ROWS", "30"))
+        )
+    return rate, per_cpu
 
 
 async def main(args: argparse.Namespace) -> None:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not installed (apt-get install redis-server)")
-    workdir = tempfile.mkdtemp(prefix="retrieve-bench-")
-    redis_port, sink_port = free_port(), free_port()
-    redis_proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-            "--loglevel",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    redis = RedisServer(appendonly=False)
+    redis.start()
+    sink_port = free_port()
     sink_proc = subprocess.Popen([sys.executable, "-c", SINK, str(sink_port)])
     try:
-        wait_port(redis_port)
-        wait_port(sink_port)
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        wait_listening(sink_port)
+        redis_url = redis.url
         sink_url = f"http://127.0.0.1:{sink_port}/orders"
         scenarios = (
             ("mapping", "(a) mapping only", False, False),
             ("rewrite", "(b) rewrite + mapping", True, False),
             ("batched", "(c) mapping, batched", False, True),
         )
+        wanted = {"mapping", "batched"} if args.compare else {args.only} if args.only else None
+        results: dict[str, list[tuple[float, float]]] = {}
         for _ in range(args.rounds):
             for kind, label, rewrite, batched in scenarios:
-                if args.only and args.only != kind:
+                if wanted and kind not in wanted:
                     continue
-                pids = {"worker": os.getpid(), "redis": redis_proc.pid, "sink": sink_proc.pid}
-                await scenario(
-                    label,
-                    redis_url,
-                    sink_url,
-                    args.jobs,
-                    args.concurrency,
-                    rewrite,
-                    pids,
-                    args.profile,
-                    batched,
+                pids = {"worker": os.getpid(), "redis": redis.pid, "sink": sink_proc.pid}
+                results.setdefault(kind, []).append(
+                    await scenario(
+                        label,
+                        redis_url,
+                        sink_url,
+                        args.jobs,
+                        args.concurrency,
+                        rewrite,
+                        pids,
+                        args.profile,
+                        batched,
+                    )
+                )
+        if "mapping" in results and "batched" in results:
+            print("\nbatched (maxRecords 100) / unbatched, same run, same sink, per round:")
+            for (rate_a, cpu_a), (rate_c, cpu_c) in zip(
+                results["mapping"], results["batched"], strict=True
+            ):
+                print(
+                    f"    jobs/s {rate_a:8.0f} -> {rate_c:8.0f} ({rate_c / rate_a:4.2f}x);  "
+                    f"jobs per worker CPU-second {cpu_a:8.0f} -> {cpu_c:8.0f} "
+                    f"({cpu_c / cpu_a:4.2f}x)"
                 )
     finally:
-        for proc in (sink_proc, redis_proc):
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+        sink_proc.send_signal(signal.SIGTERM)
+        try:
+            sink_proc.wait(10)
+        except subprocess.TimeoutExpired:
+            sink_proc.kill()
+        redis.cleanup()
 
 
 if __name__ == "__main__":
@@ -293,6 +265,9 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=128)
     parser.add_argument("--only", choices=("mapping", "rewrite", "batched"))
+    parser.add_argument(
+        "--compare", action="store_true", help="(a) unbatched and (c) batched, side by side"
+    )
     parser.add_argument("--rounds", type=int, default=1, help="run the scenarios this many times")
     parser.add_argument("--profile", action="store_true")
     # The event loop and GC settings of `retrieve worker` (uvloop when installed).

@@ -19,6 +19,7 @@ export RETRIEVE_TESTCLUSTER_BIN
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/python -m retrieve_operator.crds --check
+[[ $# -gt 0 ]] || ./hack/mindeps.sh  # unit and Redis tiers on the declared minimum versions
 
 mkdir -p test-artifacts
 set +e

@@ -7,15 +7,19 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
-from tests.support.processes import Sink
-from tests.support.redis_cluster import ClusterServers, SentinelServers
+from harness.redis_cluster import ClusterServers, SentinelServers
+from retrieve_cli.sink import Sink
 from tests.support.redis_server import RedisServer
+
+# Every test carries exactly one tier marker; the hook fails collection otherwise.
+pytest_plugins = ["tests.support.tiers"]
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    """One real redis-server for the session; tests isolate themselves with unique app names."""
-    server = RedisServer().start()
+    """One real redis-server for the session; tests isolate themselves with unique app names.
+    Every acknowledged write is on disk (`appendfsync always`), as in the restart tests."""
+    server = RedisServer(appendfsync="always").start()
     try:
         yield server
     finally:
@@ -24,8 +28,9 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def private_redis_server() -> Iterator[RedisServer]:
-    """A redis-server of the test's own, for tests that stop or restart it."""
-    server = RedisServer().start()
+    """A redis-server of the test's own, for tests that stop or restart it: a restart keeps
+    every acknowledged write (`appendfsync always`)."""
+    server = RedisServer(appendfsync="always").start()
     try:
         yield server
     finally:
@@ -58,7 +63,8 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 async def sink() -> AsyncIterator[Sink]:
-    """An HTTP destination the test runs: records deliveries, can fail or stall on demand."""
+    """The HTTP destination of a test (the product's `retrieve sink`): records every request
+    and the deliveries; answers and stalls as the test sets, for all paths or per path."""
     server = await Sink().start()
     try:
         yield server

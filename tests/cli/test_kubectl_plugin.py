@@ -8,18 +8,21 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from multidict import CIMultiDict
 
-from retrieve_cli.kubectl_plugin import Resolved, build_signed_request
+from retrieve_cli.kubectl_plugin import Resolved, build_signed_request, main
+from retrieve_cli.sink import Sink
 from retrieve_core.config import SecretStore
+from retrieve_core.logstore import LogRecord
 from retrieve_core.models import IntegrationSpec, VerifySpec
+from retrieve_core.notifications import NotificationAttempt
 from retrieve_receiver.signatures import compile_scheme, sign, verify
 from tests.e2e.conftest import DevServer, config_dir, dev_server, dns_server
-from tests.support.processes import Sink
 
 __all__ = ["config_dir", "dev_server", "dns_server"]  # fixtures used by the e2e test below
 
@@ -104,21 +107,28 @@ async def aplugin(*args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(plugin, *args)
 
 
+async def send_push(
+    dev_server: DevServer, tmp_path: Path, body: dict[str, Any]
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl retrieve send github-push` of `body` to the dev server; it answered 2xx."""
+    data = tmp_path / "push.json"
+    data.write_text(json.dumps(body))
+    sent = await aplugin("send", "github-push", "--config-dir", str(dev_server.config_dir),
+                         "--data", str(data), "--url", dev_server.url)  # fmt: skip
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    return sent
+
+
 @pytest.mark.e2e
 async def test_send_delivers_a_github_signed_webhook_to_a_running_dev_server(
     dev_server: DevServer, sink: Sink, tmp_path: Path
 ) -> None:
     config = str(dev_server.config_dir)
-    data = tmp_path / "push.json"
-    data.write_text(json.dumps({"ref": "refs/heads/main", "after": "abc123"}))
-
     url = await aplugin("url", "github-push", "--config-dir", config)
     assert url.returncode == 0, url.stderr
     assert url.stdout.strip() == "https://webhook-yourapp.retrievetl.com/integration/GITHUB1"
 
-    sent = await aplugin("send", "github-push", "--config-dir", config, "--data", str(data),
-                  "--url", dev_server.url)  # fmt: skip
-    assert sent.returncode == 0, sent.stdout + sent.stderr
+    sent = await send_push(dev_server, tmp_path, {"ref": "refs/heads/main", "after": "abc123"})
     assert '200 {"result": true, "error": ""}' in sent.stdout
     await sink.wait_for(1, "/github")
     assert sink.bodies("/github") == [{"ref": "refs/heads/main", "after": "abc123"}]
@@ -144,12 +154,8 @@ async def test_replay_requeues_dead_letters_of_a_dev_server(
     dev_server: DevServer, sink: Sink, tmp_path: Path
 ) -> None:
     config = str(dev_server.config_dir)
-    data = tmp_path / "push.json"
-    data.write_text(json.dumps({"ref": "refs/heads/dead"}))
     sink.status = 500
-    sent = await aplugin("send", "github-push", "--config-dir", config, "--data", str(data),
-                  "--url", dev_server.url)  # fmt: skip
-    assert sent.returncode == 0, sent.stdout + sent.stderr
+    await send_push(dev_server, tmp_path, {"ref": "refs/heads/dead"})
     common = ["github-push", "--config-dir", config, "--redis-url", dev_server.redis_url]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -181,3 +187,153 @@ def test_the_plugin_finds_receiver_pods_by_the_labels_the_operator_sets() -> Non
     from retrieve_operator.builders import selector_labels
 
     assert receiver_selector("yourapp") == selector_labels("yourapp", "receiver")
+
+
+class FakeCluster:
+    """The API server's pod proxy to a receiver, answering `answer` and keeping the requests."""
+
+    def __init__(self, answer: dict[str, Any] | bytes, status: int = 200) -> None:
+        body = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+        self.status, self.body = status, body
+        self.requests: list[dict[str, Any]] = []
+
+    def proxy(
+        self, namespace: str, app: str, path: str, *, method: str = "GET",
+        query: Sequence[tuple[str, str]] = (), headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:  # fmt: skip
+        self.requests.append(
+            {"pod_of": (namespace, app), "path": path, "method": method, "query": list(query),
+             "headers": dict(headers or {})}
+        )  # fmt: skip
+        return self.status, self.body
+
+
+def through_the_api_server(
+    monkeypatch: pytest.MonkeyPatch, answer: dict[str, Any] | bytes, status: int = 200
+) -> FakeCluster:
+    """`kubectl retrieve` on Integration shop/orders (ORDERS1 of yourapp), with no --redis-url."""
+    from retrieve_cli import kubectl_cluster, kubectl_plugin
+
+    spec = IntegrationSpec.model_validate({"application": "yourapp"})
+    target = Resolved("shop", "orders", "ORDERS1", spec, None, None, SecretStore())
+    cluster = FakeCluster(answer, status)
+    monkeypatch.setattr(kubectl_plugin, "resolve", lambda args: target)
+    monkeypatch.setattr(kubectl_cluster, "cluster_of", lambda args: cluster)
+    monkeypatch.setenv("RETRIEVE_CONSOLE_TOKEN", "t0ken")
+    return cluster
+
+
+def record(n: int, message: str) -> dict[str, Any]:
+    return LogRecord(
+        id=f"job-{n}", ts=1_800_000_000 + n, source_ip="203.0.113.9", integration_id="ORDERS1",
+        http_status=200, status="failed", attempts=3, message=message,
+    ).model_dump(mode="json")  # fmt: skip
+
+
+SCOPE = [("namespace", "shop"), ("app", "yourapp"), ("integration", "ORDERS1")]
+
+
+@pytest.mark.unit
+def test_logs_through_the_api_server_ask_a_receiver_pod_and_print_oldest_first_escaped(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = [record(2, "newest \x1b[2J"), record(1, "oldest")]
+    cluster = through_the_api_server(monkeypatch, {"records": records})
+
+    assert main(["logs", "orders", "--status", "failed,dead_letter", "--limit", "5"]) == 0
+
+    [request] = cluster.requests
+    assert (request["pod_of"], request["path"], request["method"]) == (
+        ("shop", "yourapp"),
+        "/api/logs",
+        "GET",
+    )
+    assert request["query"] == [
+        *SCOPE,
+        ("limit", "5"),
+        ("status", "failed"),
+        ("status", "dead_letter"),
+    ]
+    assert request["headers"]["Cookie"] == "retrieve_console=t0ken"
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[-1] for line in lines] == ["oldest", "\\x1b[2J"]
+    assert lines[0].startswith("2027-01-15 08:00:01.000Z  203.0.113.9     200  failed")
+
+
+@pytest.mark.unit
+def test_notification_logs_through_the_api_server_filter_by_result(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    attempt = NotificationAttempt(
+        ts=1_800_000_000, notification="ops", event="deadLetter", integration_id="ORDERS1",
+        result="failed", http_status=502, error="answered 502",
+    )  # fmt: skip
+    answer = {"attempts": [attempt.model_dump(mode="json")]}
+    cluster = through_the_api_server(monkeypatch, answer)
+
+    assert main(["logs", "orders", "--notifications", "--status", "failed", "--json"]) == 0
+
+    [request] = cluster.requests
+    assert request["path"] == "/console/api/notifications"
+    assert request["query"] == [*SCOPE, ("limit", "50"), ("result", "failed")]
+    assert request["headers"]["X-Retrieve-Console"] == "1"
+    [line] = capsys.readouterr().out.splitlines()
+    assert NotificationAttempt.model_validate_json(line) == attempt
+
+
+@pytest.mark.unit
+def test_replay_through_the_api_server_posts_to_a_receiver_pod(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = through_the_api_server(monkeypatch, {"replayed": 4})
+
+    assert main(["replay", "orders"]) == 0
+
+    [request] = cluster.requests
+    assert (request["path"], request["method"], request["query"]) == (
+        "/console/api/replay",
+        "POST",
+        SCOPE,
+    )
+    assert json.loads(capsys.readouterr().out) == {"integration": "ORDERS1", "replayed": 4}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("argv", "needs"),
+    [(["logs", "orders"], "get pods/proxy"), (["replay", "orders"], "create pods/proxy")],
+)
+def test_a_refused_proxy_request_is_one_escaped_line_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str],
+    needs: str,
+) -> None:  # fmt: skip
+    through_the_api_server(monkeypatch, b"refused \x1b[2J\n\x07", status=403)
+
+    assert main(argv) == 1
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert "HTTP 403 refused \\x1b[2J\\n\\x07 (" in line
+    assert line.endswith(f"(needs list pods and {needs})")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["logs", "orders"], "logs through the cluster needs the receiver's console token"),
+        (["logs", "orders", "--status", "nope"], "unknown status 'nope'"),
+        (["logs", "orders", "--notifications", "-s", "sent,failed"], "sent or failed (once)"),
+    ],
+)
+def test_usage_mistakes_exit_2_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str],
+    message: str,
+) -> None:  # fmt: skip
+    through_the_api_server(monkeypatch, {})
+    monkeypatch.delenv("RETRIEVE_CONSOLE_TOKEN")
+
+    assert main(argv) == 2
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("kubectl retrieve: ")
+    assert message in line

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from harness.redis_cluster import ClusterServers
 from retrieve_core.enqueue import Delivery, Enqueuer
 from retrieve_core.job import Job, new_job_id
 from retrieve_core.keys import AppKeys
 from retrieve_core.redisclient import connect_redis
-from tests.support.redis_cluster import ClusterServers
 
 pytestmark = pytest.mark.redis
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

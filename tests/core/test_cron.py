@@ -7,8 +7,8 @@ import datetime
 import pytest
 from pydantic import ValidationError
 
-from retrieve_core.cron import CronError, parse_cron
 from retrieve_core.models import ScheduleSpec
+from retrieve_core.scheduling.cron import CronError, parse_cron
 
 pytestmark = pytest.mark.unit
 

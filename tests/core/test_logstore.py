@@ -1,15 +1,27 @@
-"""The webhook log store against a real Redis: trimming by count and by age, in chunks."""
+"""The webhook log store against a real Redis: trimming by count and by age, in chunks; the
+count bound held by the enqueue script itself for accepted requests."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
 import pytest
 from redis.asyncio import Redis
 
+from harness.redis_cluster import ClusterServers
+from retrieve_core.enqueue import Delivery, Enqueuer, Outcome
 from retrieve_core.keys import AppKeys
-from retrieve_core.logstore import LogRecord, LogStatus, LogStore, add_record, encode_update
+from retrieve_core.logstore import (
+    EVICT_PER_WRITE,
+    LogRecord,
+    LogStatus,
+    LogStore,
+    add_record,
+    encode_update,
+)
+from retrieve_core.redisclient import connect_redis
 
 
 async def _store_records(redis: Redis, keys: AppKeys, timestamps: list[float]) -> list[str]:
@@ -57,6 +69,62 @@ async def test_trim_drops_records_older_than_the_age_bound(redis_client: Redis) 
     assert [r.id for r in await store.query()] == [ids[3], ids[2]]
 
 
+def _accepted(n: int, max_records: int) -> Delivery:
+    return Delivery(
+        job_id=f"job-{n:05d}", job_json=b'{"n": %d}' % n, integration_id="ABC123",
+        received_at=1_700_000_000.0 + n / 1000, source_ip="127.0.0.1", format="json",
+        body=b'{"n": %d}' % n, payload_limit=1024, log_max_age_seconds=3600,
+        dedupe_id=f"d-{n}", dedupe_ttl_seconds=60, log_max_records=max_records,
+    )  # fmt: skip
+
+
+@pytest.mark.redis
+async def test_a_flood_of_accepted_requests_never_holds_more_records_than_max_records(
+    redis_client: Redis,
+) -> None:
+    """Before: the enqueue script only added records, and `maxRecords: 100` held thousands
+    until the periodic trim (issue 12, defect 4). No trim runs here: the script holds it."""
+    keys = AppKeys("shop", "accepted-flood")
+    enqueuer = Enqueuer(redis_client)
+    sizes: list[int] = []
+    for wave in range(10):  # 10 waves of 300 concurrent callers: batches of up to 128
+        deliveries = [_accepted(wave * 300 + n, 100) for n in range(300)]
+        outcomes = await asyncio.gather(*(enqueuer.store(keys, d) for d in deliveries))
+        assert set(outcomes) == {Outcome.QUEUED}
+        sizes.append(await redis_client.zcard(keys.log_index))
+
+    assert sizes == [100] * 10
+    assert await redis_client.xlen(keys.jobs) == 3000  # jobs are never trimmed, only records
+    kept = [f"job-{n:05d}" for n in range(2900, 3000)]  # the newest
+    assert await redis_client.zrange(keys.log_index, 0, -1) == [i.encode() for i in kept]
+    hashes = [k async for k in redis_client.scan_iter(match=f"{keys.log_record_prefix}*")]
+    assert sorted(hashes) == sorted(keys.log_record(i).encode() for i in kept)
+
+
+@pytest.mark.redis
+async def test_a_lowered_bound_is_approached_a_few_records_per_write(redis_client: Redis) -> None:
+    """A backlog (a bound just lowered) goes EVICT_PER_WRITE more per call, not all at once."""
+    keys = AppKeys("shop", "lowered-bound")
+    enqueuer = Enqueuer(redis_client)
+    for n in range(200):
+        await enqueuer.store(keys, _accepted(n, 1000))
+    assert await redis_client.zcard(keys.log_index) == 200
+
+    await enqueuer.store(keys, _accepted(200, 10))
+    assert await redis_client.zcard(keys.log_index) == 201 - 1 - EVICT_PER_WRITE
+    for n in range(201, 220):  # 184 - 10 = 174 to go, 17 a call: 11 calls
+        await enqueuer.store(keys, _accepted(n, 10))
+    assert await redis_client.zcard(keys.log_index) == 10
+
+
+@pytest.mark.redis
+async def test_without_a_bound_the_script_keeps_every_record(redis_client: Redis) -> None:
+    keys = AppKeys("shop", "unbounded")
+    enqueuer = Enqueuer(redis_client)
+    await asyncio.gather(*(enqueuer.store(keys, _accepted(n, 0)) for n in range(50)))
+    assert await redis_client.zcard(keys.log_index) == 50
+
+
 @pytest.mark.unit
 def test_a_processing_result_encodes_as_json_even_with_text_utf8_cannot_carry() -> None:
     flat = encode_update(
@@ -67,3 +135,22 @@ def test_a_processing_result_encodes_as_json_even_with_text_utf8_cannot_carry() 
     assert json.loads(fields["console"]) == ["caf\u00e9", "lone \ud800"]
     assert json.loads(fields["destinations"]) == [{"ms": 1.5}]
     assert float(fields["updated_at"]) > 0
+
+
+@pytest.mark.redis
+async def test_the_count_bound_holds_on_a_redis_cluster_for_every_application(
+    redis_cluster: ClusterServers,
+) -> None:
+    """The records the script removes are not among its declared keys: they share the
+    application's hash tag, so its slot, on whichever master owns it."""
+    redis = connect_redis(redis_cluster.url)
+    apps = [AppKeys("cluster-bound", f"app-{n}") for n in range(6)]  # spread over the masters
+    try:
+        enqueuer = Enqueuer(redis)
+        await asyncio.gather(*(enqueuer.store(apps[n % 6], _accepted(n, 10)) for n in range(600)))
+        for keys in apps:
+            assert await redis.zcard(keys.log_index) == 10
+            kept = [k async for k in redis.scan_iter(match=f"{keys.log_record_prefix}*")]
+            assert len(kept) == 10
+    finally:
+        await redis.aclose()

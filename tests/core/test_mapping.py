@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,44 @@ def test_the_legacy_xml_example_maps_one_item_and_many_items() -> None:
         "skus": ["S1"],
     }
     assert mapping.apply(many)["skus"] == ["S1", "S2"]
+
+
+@pytest.mark.parametrize(
+    ("expression", "record", "shown"),
+    [
+        ("to_number(x)", {"x": "1.0e400"}, "Infinity"),
+        ("to_number(x)", {"x": "-Infinity"}, "-Infinity"),
+        ("to_number(x)", {"x": "NaN"}, "NaN"),
+        ("sum(xs)", {"xs": [1.5e308, 1.5e308]}, "Infinity"),
+        ("avg(xs)", {"xs": [1.5e308, 1.5e308]}, "Infinity"),
+        ("{total: to_number(x)}", {"x": ".5e999"}, "Infinity"),
+        ("[to_number(x)]", {"x": "-.5e999"}, "-Infinity"),
+    ],
+)
+def test_a_mapping_that_computes_a_non_finite_number_fails_naming_the_field(
+    expression: str, record: dict[str, object], shown: str
+) -> None:
+    """Before: the mapped record held `inf` and was delivered as `Infinity`, which is not JSON."""
+    mapping = compile_mapping({"id": "id", "total": expression})
+    with pytest.raises(MappingError) as failed:
+        mapping.apply({"id": 7, **record})
+    assert str(failed.value) == (
+        f"field mapping 'total' gave {shown}, a number JSON cannot carry "
+        "(past a double's range, or not a number)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("-0.0", -0.0), ("1.0e308", 1e308), ("4.9e-324", 5e-324), ("1.0e-400", 0.0), ("12", 12)],
+)
+def test_finite_edge_numbers_map_and_encode_as_json(text: str, expected: float) -> None:
+    mapped = compile_mapping({"n": "to_number(s)"}).apply({"s": text})
+    assert mapped == {"n": expected}
+    assert json.loads(json.dumps(mapped, allow_nan=False)) == mapped
+
+
+def test_selected_values_are_not_walked_only_computed_ones() -> None:
+    """Expressions without a function select values of the record, which are finite."""
+    mapping = compile_mapping({"all": "@", "n": "to_number(s)"})
+    assert mapping.computed == frozenset({"n"})

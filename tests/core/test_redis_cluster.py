@@ -20,6 +20,9 @@ from redis.crc import key_slot
 from redis.exceptions import TryAgainError
 
 import retrieve_core.resp
+from harness.redis_cluster import ClusterServers, redis_cli, slot_owner
+from harness.waits import wait_for
+from retrieve_cli.sink import Sink
 from retrieve_core.config import ApplicationConfig
 from retrieve_core.enqueue import Delivery, Enqueuer, Outcome
 from retrieve_core.keys import AppKeys
@@ -27,7 +30,7 @@ from retrieve_core.logstore import LogRecord, LogStatus, LogStore, add_record
 from retrieve_core.models import RateLimitSpec
 from retrieve_core.redisclient import RedisClient, connect_redis
 from retrieve_core.resp import DurabilityError
-from retrieve_operator.livestatus import read_counts, rebuild_dead_counts
+from retrieve_operator.status_counters import read_counts, rebuild_dead_counts
 from retrieve_receiver.admin import init_admin_app
 from retrieve_receiver.app import init_app
 from retrieve_receiver.ratelimit import Bucket, RateLimiter
@@ -36,8 +39,6 @@ from retrieve_worker import Worker, WorkerSettings
 from retrieve_worker.queue import Committer, Completion, DelayedMover, Finish, ensure_group
 from retrieve_worker.replay import replay_dead_letters
 from tests.receiver.conftest import make_app, make_integration, make_provider
-from tests.support.processes import Sink
-from tests.support.redis_cluster import ClusterServers, info, redis_cli, wait_for
 
 pytestmark = pytest.mark.redis
 WAIT = 30.0
@@ -195,12 +196,12 @@ async def test_calls_follow_moved_after_a_replica_takes_over_its_masters_slots(
 
     slot = key_slot(keys.jobs.encode())
     old_master = redis_cluster.master_of_slot(slot)
-    replica = _replica_of(redis_cluster, old_master)
+    replica = redis_cluster.replica_of(old_master)
     assert redis_cli(replica, "CLUSTER", "FAILOVER").strip() == "OK"
     wait_for("the replica serves the slot", lambda: redis_cluster.master_of_slot(slot) == replica)
     wait_for(
         "every node agrees",
-        lambda: all(_owner_as_seen_by(port, slot) == replica for port in redis_cluster.ports),
+        lambda: all(slot_owner(port, slot) == replica for port in redis_cluster.ports),
     )
 
     # The client's topology still names the old master: MOVED, refresh, sent again.
@@ -217,25 +218,6 @@ async def _read_entries(redis: RedisClient, keys: AppKeys) -> list[str]:
     read: Any = await redis.xreadgroup("retrieve-workers", "c1", {keys.jobs: ">"}, count=10)
     entries = read[0][1] if isinstance(read, list) else read[keys.jobs.encode()][0]
     return [entry_id.decode() for entry_id, _ in entries]
-
-
-def _replica_of(cluster: ClusterServers, master_port: int) -> int:
-    for port in cluster.replicas():
-        if info(port, "replication").get("master_port") == str(master_port):
-            return port
-    raise AssertionError(f"no replica of {master_port}")
-
-
-def _owner_as_seen_by(port: int, slot: int) -> int | None:
-    for line in redis_cli(port, "CLUSTER", "NODES").splitlines():
-        fields = line.split()
-        if "master" not in fields[2]:
-            continue
-        for part in fields[8:]:
-            low, _, high = part.partition("-")
-            if low.isdigit() and int(low) <= slot <= int(high or low):
-                return int(fields[1].split("@")[0].rsplit(":", 1)[1])
-    return None
 
 
 async def test_durability_waits_for_the_replicas_of_each_applications_master(
@@ -287,7 +269,7 @@ async def test_a_call_during_a_slot_migration_follows_ask_then_the_new_owner(
     for port in redis_cluster.masters():  # the (empty) slot now belongs to the target
         redis_cli(port, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
     wait_for("every node agrees", lambda: all(
-        _owner_as_seen_by(port, slot) == target for port in redis_cluster.ports
+        slot_owner(port, slot) == target for port in redis_cluster.ports
     ))  # fmt: skip
     assert await enqueuer.store(keys, delivery(2)) is Outcome.QUEUED
     assert await cluster_client.xlen(keys.jobs) == 1

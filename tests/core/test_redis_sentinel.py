@@ -11,6 +11,8 @@ from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 from pytest_aiohttp import AiohttpClient
 
+from harness.redis_cluster import SentinelServers
+from retrieve_cli.sink import Sink
 from retrieve_core.logstore import LogStatus, LogStore
 from retrieve_core.redisclient import SentinelPrimary, connect_redis
 from retrieve_receiver.admin import init_admin_app
@@ -18,8 +20,6 @@ from retrieve_receiver.app import init_app
 from retrieve_receiver.settings import ReceiverSettings
 from retrieve_worker import Worker, WorkerSettings
 from tests.receiver.conftest import make_app, make_integration, make_provider
-from tests.support.processes import Sink
-from tests.support.redis_cluster import SentinelServers
 
 pytestmark = pytest.mark.redis
 WAIT = 30.0

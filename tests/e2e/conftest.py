@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from retrieve_cli.sink import Sink
 from tests.receiver.dns_server import LoopbackDNS
 from tests.support.ports import free_port
-from tests.support.processes import RetrieveProcess, Sink, write_config
+from tests.support.processes import RetrieveProcess, write_config
 from tests.support.redis_server import RedisServer
 
 GITHUB_SECRET = "It's a Secret to Everybody"

@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from retrieve_cli.sink import Sink
 from tests.receiver.dns_server import LoopbackDNS
-from tests.support.processes import REPO, Sink, write_config
+from tests.support.processes import REPO, write_config
 from tests.support.redis_server import RedisServer
 
 from .conftest import EXTRA, DevServer

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.support.processes import Sink
+from retrieve_cli.sink import Sink
 from tests.support.redis_server import RedisServer
 
 from .conftest import DevServer

@@ -11,7 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.processes import Sink, retrieve_command
+from retrieve_cli.sink import Sink
+from retrieve_core.keys import AppKeys
+from tests.support.processes import retrieve_command
+from tests.support.queue_state import wait_quiescent
 from tests.support.redis_server import RedisServer
 
 from .conftest import GITHUB_SECRET, DevServer
@@ -348,11 +351,12 @@ async def test_worker_killed_mid_job_loses_nothing(dev_server: DevServer, sink: 
     await asyncio.wait_for(sink.arrived.wait(), 15)
     dev_server.process.kill()  # SIGKILL: no ack, no cleanup
     sink.delay = 0.0
-    await asyncio.sleep(3.5)  # the stalled request ends; its sender is gone, so it is no delivery
+    await sink.wait_answered(1)  # the stalled request ends; its sender is gone: no delivery
     assert sink.received == []
     dev_server.restart()  # the job is reclaimed from the dead consumer and delivered
     await sink.wait_for(1, "/orders", timeout=30)
-    await asyncio.sleep(1.0)
+    # Every job has had its outcome: a late duplicate would have arrived by now.
+    await wait_quiescent(dev_server.redis_url, AppKeys("shop", "yourapp"))
     keys = [r.headers.get("Idempotency-Key") for r in sink.received]
     assert len(keys) == 1, keys
     assert sink.bodies("/orders") == [

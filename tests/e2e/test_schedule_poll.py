@@ -19,13 +19,15 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from retrieve_cli.sink import Sink
 from retrieve_core.keys import AppKeys
 from retrieve_core.logstore import LogStore
-from retrieve_core.pollstate import PollState, rfc3339
+from retrieve_core.scheduling.state import PollState, rfc3339
 from tests.e2e.conftest import DevServer
 from tests.receiver.dns_server import LoopbackDNS
 from tests.support.paged_source import PagedSource
-from tests.support.processes import Sink, retrieve_command, write_config
+from tests.support.processes import retrieve_command, write_config
+from tests.support.queue_state import wait_quiescent
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -131,7 +133,8 @@ async def test_poll_fills_exactly_the_items_the_webhook_missed_and_each_is_deliv
         # The second run asks for the window since the first run started.
         assert source.queries[asked]["updated_since"] == rfc3339(state.since)
 
-        await asyncio.sleep(1.5)  # anything wrongly enqueued would have reached the sink by now
+        # Every job queued so far has had its outcome: anything wrongly enqueued was delivered.
+        await wait_quiescent(private_redis_server.url, KEYS)
         delivered = Counter(sink_ids(sink))
         assert delivered == Counter(item["id"] for item in ITEMS)  # every item, each once
 

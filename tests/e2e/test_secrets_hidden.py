@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from retrieve_cli.sink import Sink
 from tests.receiver.dns_server import LoopbackDNS
 from tests.receiver.vectors import (
     github_signature,
@@ -26,7 +27,7 @@ from tests.receiver.vectors import (
     standard_webhooks_signature,
     stripe_signature,
 )
-from tests.support.processes import Sink, retrieve_command, write_config
+from tests.support.processes import retrieve_command, write_config
 from tests.support.redis_server import RedisServer
 
 from .conftest import DevServer

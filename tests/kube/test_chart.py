@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.kube_control_plane import KubeTestCluster
 from retrieve_operator import rbac
-from tests.support.kube_cluster import KubeTestCluster
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.kube
@@ -454,3 +454,81 @@ def test_the_real_operator_reconciles_an_application_with_only_the_charts_rbac(
                 operator.wait(timeout=10)
         cluster.kubectl("delete", "namespace", app_ns, "--wait=false", check=False)
         cluster.helm("uninstall", release, "--namespace", kube_namespace, check=False)
+
+
+REDIS_MODES: dict[str, tuple[dict[str, Any], str | None]] = {
+    "standalone": ({}, None),
+    "sentinel": (
+        {"mode": "sentinel", "sentinel": {"hosts": ["s1:26379", "s2:26379", "s3"],
+                                          "service": "mymaster", "db": 2}},
+        "redis+sentinel://s1:26379,s2:26379,s3/mymaster/2",
+    ),
+    "sentinel-tls": (
+        {"mode": "sentinel", "sentinel": {"hosts": ["s1:26379"], "service": "m", "tls": True}},
+        "rediss+sentinel://s1:26379/m/0",
+    ),
+    "cluster": (
+        {"mode": "cluster", "cluster": {"nodes": ["n1:6379", "n2:6379"]}},
+        "redis+cluster://n1:6379,n2:6379",
+    ),
+    "cluster-tls": (
+        {"mode": "cluster", "cluster": {"nodes": ["n1:6380"], "tls": True}},
+        "rediss+cluster://n1:6380",
+    ),
+    "external": (
+        {"mode": "external", "external": {"url": "rediss://managed.example:6380/1"}},
+        "rediss://managed.example:6380/1",
+    ),
+    "enabled-false": (
+        {"enabled": False, "external": {"url": "redis+cluster://c.example:6379"}},
+        "redis+cluster://c.example:6379",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", list(REDIS_MODES))
+def test_redis_mode_sets_the_operators_url_and_only_standalone_installs_a_redis(
+    kube_cluster: KubeTestCluster, mode: str
+) -> None:
+    from retrieve_core.redisclient import parse_redis_url
+
+    redis_values, expected_url = REDIS_MODES[mode]
+    values = {"redis": redis_values, "networkPolicy": {"enabled": True}}
+    _, docs = _template(kube_cluster, "retrieve-system", values)
+    (deployment,) = _by_kind(docs, "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    url = env["RETRIEVE_REDIS_URL"]
+    in_chart = [d["metadata"]["name"] for d in docs if d["metadata"]["name"] == "retrieve-redis"]
+    if mode == "standalone":
+        assert url == "redis://retrieve-redis.retrieve-system.svc:6379/0"
+        assert sorted(in_chart) == ["retrieve-redis"] * 3  # Service, StatefulSet, NetworkPolicy
+    else:
+        assert url == expected_url
+        assert in_chart == []
+    parse_redis_url(url)  # what the operator, receivers and workers accept (the CRD's pattern)
+
+
+@pytest.mark.parametrize(
+    ("redis_values", "message"),
+    [
+        ({"mode": "replicated"}, "redis.mode must be standalone, sentinel, cluster or external"),
+        ({"mode": "sentinel", "sentinel": {"service": "m"}}, "redis.sentinel.hosts is required"),
+        ({"mode": "sentinel", "sentinel": {"hosts": ["s1"]}}, "redis.sentinel.service is required"),
+        ({"mode": "cluster"}, "redis.cluster.nodes is required"),
+        ({"mode": "external"}, "redis.external.url is required"),
+    ],
+    ids=["unknown-mode", "sentinel-no-hosts", "sentinel-no-service", "cluster-no-nodes",
+         "external-no-url"],
+)  # fmt: skip
+def test_a_redis_mode_without_its_settings_is_a_clear_error(
+    kube_cluster: KubeTestCluster, redis_values: dict[str, Any], message: str
+) -> None:
+    path = _values_file(kube_cluster, {"redis": redis_values}, "retrieve-system")
+    result = kube_cluster.helm(
+        "template", "retrieve", str(CHART), "--values", str(path), check=False
+    )
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr

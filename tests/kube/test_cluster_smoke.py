@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.kube_cluster import HELM_VERSION, K8S_VERSION, KubeTestCluster
+from harness.kube_control_plane import HELM_VERSION, K8S_VERSION, KubeTestCluster
 
 pytestmark = pytest.mark.kube
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.kube_cluster import KubeTestCluster
+from harness.kube_control_plane import KubeTestCluster
 
 pytestmark = pytest.mark.kube
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from tests.kube.test_operator import (
+from harness.kube_control_plane import KubeTestCluster
+from tests.support.kube_operator import (
     DEFAULT_REDIS,
     REPO_ROOT,
     RUNTIME_IMAGE,
@@ -31,7 +32,6 @@ from tests.kube.test_operator import (
     integration,
     unique_id,
 )
-from tests.support.kube_cluster import KubeTestCluster
 
 pytestmark = pytest.mark.kube
 

@@ -1,4 +1,5 @@
-"""`kubectl retrieve` against the real API server: the URL the operator wrote, a signed send."""
+"""`kubectl retrieve` against the real API server: the URL the operator wrote, a signed send,
+the notification attempts about an Integration."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ import pytest
 import yaml
 from aiohttp import web
 from multidict import CIMultiDict
+from redis.asyncio import Redis
 
+from harness.kube_control_plane import KubeTestCluster
+from retrieve_core.keys import AppKeys
 from retrieve_core.models import VerifySpec
+from retrieve_core.notifications import NotificationAttempt, record_attempt
 from retrieve_receiver.signatures import compile_scheme, verify
-from tests.support.kube_cluster import KubeTestCluster
 from tests.support.ports import free_port
 from tests.support.processes import REPO
+from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.kube
 
@@ -108,3 +113,50 @@ async def test_url_and_send_read_the_integration_and_its_secret_from_the_cluster
     )
     assert verify(compile_scheme(spec, [SECRET]), headers, body, 0)
     assert headers["X-Shopify-Webhook-Id"]
+
+
+async def test_logs_notifications_show_the_attempts_about_the_integration_terminal_safe(
+    kube_cluster: KubeTestCluster, kube_namespace: str, redis_server: RedisServer,
+    redis_client: Redis,
+) -> None:  # fmt: skip
+    setup_integration(kube_cluster, kube_namespace)
+    keys = AppKeys(kube_namespace, "shop")
+    attempts = [
+        ("KUBE0000000001", "sent", 200, ""),
+        ("KUBE0000000001", "failed", 502, "answered 502 \x1b[31mred\x07"),
+        ("ANOTHER0000001", "failed", 500, "not this integration"),
+    ]
+    for n, (integration_id, result, status, error) in enumerate(attempts):
+        await record_attempt(
+            redis_client,
+            keys,
+            NotificationAttempt(
+                ts=1_800_000_000 + n, notification="ops", event="deadLetter",
+                integration_id=integration_id, count=n + 1, result=result, http_status=status,
+                error=error, attempts=1 + n,
+            ),
+        )  # fmt: skip
+    common = ["shopify-orders", "-n", kube_namespace, "--kubeconfig", str(kube_cluster.kubeconfig)]
+    common += ["--redis-url", redis_server.url, "--notifications"]
+
+    listed = await asyncio.to_thread(plugin, "logs", *common, "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["integration_id"], r["result"], r["http_status"]) for r in rows] == [
+        ("KUBE0000000001", "failed", 502),
+        ("KUBE0000000001", "sent", 200),
+    ]
+
+    failed = await asyncio.to_thread(plugin, "logs", *common, "--status", "failed")
+    assert failed.returncode == 0, failed.stderr
+    [line] = failed.stdout.splitlines()
+    assert line.split()[2:6] == ["ops", "deadLetter", "failed", "502"]
+    assert "count=2" in line
+    # The stored error reaches the terminal escaped, never as control characters.
+    assert "\x1b" not in failed.stdout
+    assert "\x07" not in failed.stdout
+    assert line.endswith("answered 502 \\x1b[31mred\\x07")
+
+    wrong = await asyncio.to_thread(plugin, "logs", *common, "--status", "succeeded")
+    assert wrong.returncode == 2
+    assert "sent or failed" in wrong.stderr

@@ -1,228 +1,31 @@
 """The operator against a real API server, as the chart's operator ServiceAccount.
 
-One operator (kopf's KopfRunner, in-process, with mandatory peering as the chart runs it) serves
-every test of this module; each test works in its own namespace with unique integration ids.
+One operator (the `operator` fixture of tests/kube/conftest.py: kopf's KopfRunner, in-process,
+with mandatory peering as the chart runs it) serves every test of this module; each test works
+in its own namespace with unique integration ids. Peering between operators is in
+test_operator_peering.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from functools import partial
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-import yaml
-from kopf.testing import KopfRunner
-from kubernetes.config import kube_config
 
-from tests.support.kube_cluster import KubeTestCluster
+from harness.kube_control_plane import KubeTestCluster
+from tests.support.kube_operator import (
+    DEFAULT_REDIS,
+    RUNTIME_IMAGE,
+    Cluster,
+    application,
+    eventually,
+    integration,
+    unique_id,
+)
 
 pytestmark = pytest.mark.kube
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CHART = REPO_ROOT / "charts" / "retrieve"
-GROUP_VERSION = "retrievetl.com/v1alpha1"
-RUNTIME_IMAGE = "registry.example/retrieve-runtime:test"
-DEFAULT_REDIS = "redis://retrieve-redis.retrieve-system:6379/0"
-OPERATOR_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
-T = TypeVar("T")
-
-
-# ------------------------------------------------------------------------------- helpers
-
-
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    """Poll until `probe` returns something truthy; fail with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
-
-
-class Cluster:
-    def __init__(self, cluster: KubeTestCluster, namespace: str) -> None:
-        self.cluster = cluster
-        self.namespace = namespace
-
-    def apply(self, *objects: dict[str, Any]) -> None:
-        documents = [
-            {**o, "metadata": {"namespace": self.namespace, **o["metadata"]}} for o in objects
-        ]
-        self.cluster.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": documents}),
-        )
-
-    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
-        result = self.cluster.kubectl(
-            "get", kind, name, "-n", namespace or self.namespace, "-o", "json", "--ignore-not-found"
-        )
-        return json.loads(result.stdout) if result.stdout.strip() else None
-
-    def kubectl(self, *args: str, input: str | None = None) -> str:
-        return self.cluster.kubectl(*args, "-n", self.namespace, input=input).stdout
-
-    def ready(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
-        """The object's Ready condition once its status describes its current generation."""
-        obj = self.get(kind, name, namespace)
-        if obj is None:
-            return None
-        status = obj.get("status") or {}
-        if status.get("observedGeneration") != obj["metadata"]["generation"]:
-            return None
-        for condition in status.get("conditions") or []:
-            if condition["type"] == "Ready":
-                return {**condition, "_object": obj}
-        return None
-
-    def wait_ready(
-        self, kind: str, name: str, reason: str, namespace: str | None = None, timeout: float = 30
-    ) -> dict[str, Any]:
-        def probe() -> dict[str, Any] | None:
-            condition = self.ready(kind, name, namespace)
-            return condition if condition and condition["reason"] == reason else None
-
-        return eventually(probe, f"{kind} {name}: Ready reason {reason}", timeout)
-
-
-def application(name: str = "yourapp", **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": GROUP_VERSION,
-        "kind": "RetrieveApplication",
-        "metadata": {"name": name},
-        "spec": {
-            "webhook": {"enabled": True, "domain": "retrievetl.com"},
-            "allowedList": ["shopify.com", "203.0.113.0"],
-            "receiver": {"replicas": 2},
-            "worker": {"replicas": 1, "concurrency": 8},
-            **spec,
-        },
-    }
-
-
-def integration(name: str, app: str = "yourapp", **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": GROUP_VERSION,
-        "kind": "Integration",
-        "metadata": {"name": name},
-        "spec": {"application": app, **spec},
-    }
-
-
-def unique_id() -> str:
-    return secrets.token_hex(12)
-
-
-# ------------------------------------------------------------------------------- fixtures
-
-
-@contextmanager
-def chart_operator_rbac(kube_cluster: KubeTestCluster, *values: str) -> Iterator[dict[str, str]]:
-    """CRDs applied; the chart's operator ServiceAccount, ClusterRole(Binding) and peering,
-    rendered with `values` (helm --set NAME=VALUE) on top of an external default Redis."""
-    kube_cluster.kubectl(
-        "apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds")
-    )
-    for crd in (
-        "retrieveapplications.retrievetl.com",
-        "integrations.retrievetl.com",
-        "clusterkopfpeerings.kopf.dev",
-    ):
-        kube_cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
-    namespace = f"retrieve-op-{secrets.token_hex(3)}"
-    release = f"op{secrets.token_hex(3)}"
-    kube_cluster.kubectl("create", "namespace", namespace)
-    sets = ["redis.enabled=false", f"redis.external.url={DEFAULT_REDIS}", *values]
-    rendered = kube_cluster.helm(
-        "template",
-        release,
-        str(CHART),
-        "--namespace",
-        namespace,
-        *(arg for value in sets for arg in ("--set", value)),
-    ).stdout
-    documents = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in OPERATOR_KINDS]
-    assert {d["kind"] for d in documents} == OPERATOR_KINDS
-    kube_cluster.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": documents}),
-    )
-    account = next(d for d in documents if d["kind"] == "ServiceAccount")["metadata"]["name"]
-    peering = next(d for d in documents if d["kind"] == "ClusterKopfPeering")["metadata"]["name"]
-    kubeconfig = kube_cluster.kubeconfig_for_service_account(namespace, account)
-    try:
-        yield {"kubeconfig": str(kubeconfig), "peering": peering, "namespace": namespace}
-    finally:
-        cluster_scoped = [d for d in documents if d["kind"] != "ServiceAccount"]
-        kube_cluster.kubectl(
-            "delete",
-            "-f",
-            "-",
-            "--ignore-not-found",
-            "--wait=false",
-            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": cluster_scoped}),
-            check=False,
-        )
-        kube_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-
-
-@pytest.fixture(scope="module")
-def operator_rbac(kube_cluster: KubeTestCluster) -> Iterator[dict[str, str]]:
-    with chart_operator_rbac(kube_cluster) as rbac:
-        yield rbac
-
-
-@pytest.fixture(scope="module")
-def operator(
-    operator_rbac: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[KopfRunner]:
-    env = {
-        "KUBECONFIG": operator_rbac["kubeconfig"],
-        "RETRIEVE_RUNTIME_IMAGE": RUNTIME_IMAGE,
-        "RETRIEVE_REDIS_URL": DEFAULT_REDIS,
-        "RETRIEVE_RESYNC_SECONDS": "5",
-        "RETRIEVE_MANAGE_RUNTIME_RBAC": "true",
-        "RETRIEVE_PEERING_PRIORITY": "100",
-    }
-    args = [
-        "run",
-        "-A",
-        f"--peering={operator_rbac['peering']}",
-        "-m",
-        "retrieve_operator.handlers",
-    ]
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
-        # The kubernetes client reads $KUBECONFIG once, at import: point it at the operator's.
-        patch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", operator_rbac["kubeconfig"])
-        with KopfRunner(args, timeout=60) as runner:
-            yield runner
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    log.write_text(runner.output)
-    print(f"operator log: {log}")
-    assert runner.exception is None, runner.output[-5000:]
-
-
-@pytest.fixture
-def world(operator: KopfRunner, kube_cluster: KubeTestCluster, kube_namespace: str) -> Cluster:
-    return Cluster(kube_cluster, kube_namespace)
 
 
 # ------------------------------------------------------------------------------- tests
@@ -532,55 +335,3 @@ def test_deleting_the_application_collects_its_children(world: Cluster) -> None:
         timeout=45,
     )
     world.wait_ready("integration", "orders", "ApplicationNotFound")
-
-
-def test_a_second_operator_with_a_lower_priority_stays_paused(
-    operator: KopfRunner,
-    operator_rbac: dict[str, str],
-    world: Cluster,
-    tmp_path: Path,
-) -> None:
-    """Peering: a second replica (lower priority) keeps alive in the peering object but handles
-    nothing while the active one (priority 100) keeps alive."""
-    world.apply(application(), integration("orders", integrationId=unique_id()))
-    world.wait_ready("integration", "orders", "Reconciled")
-    command = [
-        sys.executable,
-        "-m",
-        "kopf",
-        "run",
-        "-A",
-        f"--peering={operator_rbac['peering']}",
-        "--priority=1",
-        "-m",
-        "retrieve_operator.handlers",
-    ]
-    env = {
-        **os.environ,
-        "KUBECONFIG": operator_rbac["kubeconfig"],
-        "RETRIEVE_RUNTIME_IMAGE": RUNTIME_IMAGE,
-    }
-    log_path = tmp_path / "second-operator.log"
-
-    def peer_priorities() -> list[int] | None:
-        peering = world.get("clusterkopfpeering", operator_rbac["peering"], namespace="default")
-        priorities = sorted(p["priority"] for p in ((peering or {}).get("status") or {}).values())
-        return priorities if priorities == [1, 100] else None
-
-    with (
-        log_path.open("wb") as log,
-        subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT) as second,
-    ):
-        try:
-            eventually(peer_priorities, "both operators in the peering object", timeout=30)
-            # An active operator would resume (reconcile) every existing object at once; give
-            # it the time it takes the first one to do so, then check it did nothing.
-            time.sleep(10)
-            world.apply(integration("late", integrationId=unique_id()))
-            world.wait_ready("integration", "late", "Reconciled")
-            output = log_path.read_text(errors="replace")
-            assert "Resuming operations" not in output, output
-            assert "Handler 'reconcile'" not in output, output
-        finally:
-            second.terminate()
-            second.wait(timeout=30)

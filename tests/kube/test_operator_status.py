@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 import redis
-from kopf.testing import KopfRunner
-from kubernetes.config import kube_config
 
 from retrieve_core.job import Job
 from retrieve_core.keys import (
@@ -23,19 +21,14 @@ from retrieve_core.keys import (
     AppKeys,
     counter_bucket,
 )
-from tests.kube.test_operator import (
-    RUNTIME_IMAGE,
+from tests.support.kube_operator import (
     Cluster,
     application,
     eventually,
     integration,
-    operator_rbac,
     unique_id,
 )
-from tests.support.kube_cluster import KubeTestCluster
 from tests.support.redis_server import RedisServer
-
-__all__ = ["operator_rbac"]  # a module fixture shared with test_operator.py
 
 pytestmark = pytest.mark.kube
 
@@ -46,42 +39,13 @@ WAIT = 60.0
 
 
 @pytest.fixture(scope="module")
-def status_operator(
-    operator_rbac: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[KopfRunner]:
-    env = {
-        "KUBECONFIG": operator_rbac["kubeconfig"],
-        "RETRIEVE_RUNTIME_IMAGE": RUNTIME_IMAGE,
-        "RETRIEVE_REDIS_URL": "redis://127.0.0.1:1/0",  # every app here names its own
+def operator_settings() -> dict[str, str]:
+    """The module's operator (tests/kube/conftest.py) polls status every second; every
+    application here names its own Redis."""
+    return {
+        "RETRIEVE_REDIS_URL": "redis://127.0.0.1:1/0",
         "RETRIEVE_STATUS_INTERVAL_SECONDS": INTERVAL_SECONDS,
-        "RETRIEVE_OPERATOR_METRICS_PORT": "0",
-        "RETRIEVE_MANAGE_RUNTIME_RBAC": "true",
-        "RETRIEVE_PEERING_PRIORITY": "100",
     }
-    args = [
-        "run",
-        "-A",
-        f"--peering={operator_rbac['peering']}",
-        "-m",
-        "retrieve_operator.handlers",
-    ]
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
-        patch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", operator_rbac["kubeconfig"])
-        with KopfRunner(args, timeout=60) as runner:
-            yield runner
-    log = tmp_path_factory.mktemp("operator-status") / "operator.log"
-    log.write_text(runner.output)
-    print(f"operator log: {log}")
-    assert runner.exception is None, runner.output[-5000:]
-
-
-@pytest.fixture
-def world(
-    status_operator: KopfRunner, kube_cluster: KubeTestCluster, kube_namespace: str
-) -> Cluster:
-    return Cluster(kube_cluster, kube_namespace)
 
 
 @pytest.fixture
@@ -139,6 +103,32 @@ def status(world: Cluster, name: str) -> dict[str, Any]:
     return dict((obj or {}).get("status") or {})
 
 
+def status_rounds(
+    world: Cluster, store: redis.Redis, keys: AppKeys, name: str, integration_id: str
+) -> None:
+    """The marker that the operator's status poll of the application ran twice from now: a
+    counter of Integration `name` goes up and reaches its status, twice (the first round was over
+    when the second showed)."""
+    for _ in range(2):
+        before = int(status(world, name).get("rejectedLastHour") or 0)
+        receive(store, keys, integration_id, **{COUNTER_REJECTED: 1})
+        eventually(
+            lambda: status(world, name).get("rejectedLastHour") == before + 1 or None,  # noqa: B023
+            f"{name}: rejectedLastHour {before + 1}",
+            WAIT,
+        )
+
+
+def replay_messages(world: Cluster, name: str) -> list[str]:
+    """The messages of the DeadLettersReplayed Events of Integration `name`, sorted."""
+    events = json.loads(
+        world.kubectl(
+            "get", "events", "--field-selector", "reason=DeadLettersReplayed", "-o", "json"
+        )
+    )["items"]
+    return sorted(e["message"] for e in events if e["involvedObject"]["name"] == name)
+
+
 def test_kubectl_get_rint_shows_the_counters_read_from_redis(
     world: Cluster, store: redis.Redis, redis_server: RedisServer
 ) -> None:
@@ -173,9 +163,10 @@ def test_kubectl_get_rint_shows_the_counters_read_from_redis(
     assert status(world, "refunds")["receivedLastHour"] == 0
     assert status(world, "refunds").get("lastReceivedAt") is None
 
-    # Unchanged counters are not written again: the resourceVersion stays.
+    # Unchanged counters are not written again: through two status rounds that changed only
+    # refunds (the same poll covers both), the resourceVersion of orders stays.
     version = (world.get("integration", "orders") or {})["metadata"]["resourceVersion"]
-    time.sleep(3 * float(INTERVAL_SECONDS) + 1)
+    status_rounds(world, store, keys, "refunds", refunds_id)
     assert (world.get("integration", "orders") or {})["metadata"]["resourceVersion"] == version
 
 
@@ -204,7 +195,7 @@ def test_a_new_replay_annotation_value_requeues_dead_letters_once(
         "annotate", "--overwrite", "integration", "orders", "retrievetl.com/replay-dead-letters-"
     )
     world.kubectl("annotate", "integration", "orders", "retrievetl.com/replay-dead-letters=first")
-    time.sleep(3)
+    status_rounds(world, store, keys, "orders", orders_id)  # the operator has seen it
     assert store.xlen(keys.dead_letters) == 1
     world.kubectl(
         "annotate",
@@ -216,6 +207,16 @@ def test_a_new_replay_annotation_value_requeues_dead_letters_once(
     eventually(lambda: status(world, "orders").get("replayHandled") == "second", "replay 2", WAIT)
     assert store.xlen(keys.dead_letters) == 0
     assert store.xlen(keys.jobs) == 3
+
+    def replays() -> list[str] | None:
+        messages = replay_messages(world, "orders")
+        return messages if len(messages) >= 2 else None
+
+    # One Event per replay: "second" found the dead letter the repeated "first" left.
+    assert eventually(replays, "two DeadLettersReplayed events", WAIT) == [
+        "Requeued 1 dead letter(s) (retrievetl.com/replay-dead-letters=second)",
+        "Requeued 2 dead letter(s) (retrievetl.com/replay-dead-letters=first)",
+    ]
 
 
 def test_an_unreachable_redis_is_reported_as_an_event_not_a_crash(world: Cluster) -> None:

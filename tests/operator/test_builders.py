@@ -413,3 +413,24 @@ def test_config_map_passes_notifications_and_destination_batches_through_to_the_
     batch = config.integrations[0].spec.destinations[0].http.batch
     assert batch is not None
     assert (batch.max_records, batch.max_wait_ms) == (100, 500)
+
+
+def test_one_receiver_process_keeps_the_pod_template_free_of_a_processes_flag() -> None:
+    container = _container(builders.build_receiver_deployment(_app()))
+    assert not [a for a in container["args"] if a.startswith("--processes")]
+    assert container["resources"] == {}
+
+
+def test_several_receiver_processes_are_passed_on_and_request_one_cpu_each() -> None:
+    app = _app({"receiver": {"processes": 3, "resources": {"limits": {"memory": "512Mi"}}}})
+    container = _container(builders.build_receiver_deployment(app))
+    assert "--processes=3" in container["args"]
+    assert container["resources"] == {"limits": {"memory": "512Mi"}, "requests": {"cpu": "3"}}
+
+
+def test_a_cpu_request_of_the_users_wins_over_the_per_process_default() -> None:
+    resources = {"requests": {"cpu": "500m", "memory": "256Mi"}}
+    app = _app({"receiver": {"processes": 2, "resources": resources}})
+    container = _container(builders.build_receiver_deployment(app))
+    assert "--processes=2" in container["args"]
+    assert container["resources"] == resources

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from retrieve_core.constants import KIND_APPLICATION, KIND_INTEGRATION
 from retrieve_core.models import IntegrationSpec, RetrieveApplicationSpec
-from retrieve_operator import crds, rbac
+from retrieve_operator import crd_structural, crds, rbac
 
 pytestmark = pytest.mark.unit
 
@@ -221,8 +221,31 @@ def test_a_union_that_is_not_optional_is_refused() -> None:
     class Ambiguous(BaseModel):
         value: int | str
 
-    with pytest.raises(crds.SchemaConversionError, match="anyOf"):
-        crds.structural_schema(Ambiguous)
+    with pytest.raises(crd_structural.SchemaConversionError, match="anyOf"):
+        crd_structural.structural_schema(Ambiguous)
+
+
+@pytest.mark.parametrize("crd", _retrieve_crds(), ids=lambda c: c["spec"]["names"]["kind"])
+def test_every_spec_field_is_documented_by_its_model(crd: dict[str, Any]) -> None:
+    """kubectl explain text comes from the models (Field descriptions or class docstrings)."""
+    spec = _root_schema(crd)["properties"]["spec"]
+    assert spec.get("description")
+    undocumented = [
+        name for name, node in spec["properties"].items() if not node.get("description")
+    ]
+    assert not undocumented
+    assert not hasattr(crds, "FIELD_DOCS")
+
+
+def test_a_wrapped_class_docstring_is_one_line_of_kubectl_explain_text() -> None:
+    class Wrapped(BaseModel):
+        """First line
+        and the second."""
+
+        value: int = 0
+
+    schema = crd_structural.structural_schema(Wrapped)
+    assert schema["description"] == "First line and the second."
 
 
 def test_kopf_peering_crds_are_kopf_dev_v1_cluster_and_namespaced() -> None:

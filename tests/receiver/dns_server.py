@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import threading
 from collections import Counter
-from types import TracebackType
 from typing import Any
 
 from dnslib import AAAA, PTR, QTYPE, RR, A, DNSRecord
@@ -56,11 +55,6 @@ class LoopbackDNS:
         self.server.start_thread()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.server.stop()
         self.server.server.server_close()

@@ -192,7 +192,7 @@ async def test_body_that_does_not_parse_gets_400(
     assert await redis_client.xlen(app.keys.jobs) == 0
 
 
-async def test_xml_bomb_and_external_entity_get_400_quickly(
+async def test_xml_bomb_and_external_entity_get_400_without_expansion(
     receiver_client: ClientFactory, redis_client: Redis
 ) -> None:
     app = make_app(integrations=[make_integration("ABC123")])
@@ -206,9 +206,8 @@ async def test_xml_bomb_and_external_entity_get_400_quickly(
         "<foo>&xxe;</foo>"
     )
     for body in (bomb, xxe):
-        started = time.perf_counter()
-        response = await client.post("/integration/ABC123/xml", data=body)
-        assert time.perf_counter() - started < 1.0
+        # Expanding the bomb would take minutes and gigabytes: the bound only stops a hang.
+        response = await asyncio.wait_for(client.post("/integration/ABC123/xml", data=body), 30)
         assert response.status == 400
         answer = await response.json()
         assert answer["error"].startswith("Invalid XML payload: ")

@@ -169,3 +169,127 @@ async def test_connections_past_the_cap_get_a_503_until_others_close(
                 break
             assert answer.status == 503
             await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+def idle_receiver(tmp_path: Path, redis_server: RedisServer) -> Iterator[Receiver]:
+    server = start_receiver(tmp_path, redis_server.url, RETRIEVE_IDLE_TIMEOUT_SECONDS="1")
+    try:
+        yield server
+    finally:
+        server.process.stop()
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(
+    idle_receiver: Receiver,
+) -> None:
+    """`RETRIEVE_IDLE_TIMEOUT_SECONDS`: an answered keep-alive connection that stays silent is
+    closed by the server, on both ports (with the 120 s default, `stall` would time out)."""
+    body = b'{"n": 1}'
+    webhook = (
+        f"POST {URL} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    probe = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    for port, sent in ((idle_receiver.port, webhook), (idle_receiver.admin_port, probe)):
+        answer = parse_answer(await stall(port, sent, "127.0.0.1"))
+        assert answer.status == 200, port
+        assert answer.headers.get("connection", "").lower() != "close", port
+
+
+# ---------------------------------------------------------------- the admin port
+
+ADMIN_PARTIAL_HEAD = b"GET /api/logs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bear"
+
+
+@pytest.fixture
+def admin_capped_receiver(tmp_path: Path, redis_server: RedisServer) -> Iterator[Receiver]:
+    server = start_receiver(tmp_path, redis_server.url, RETRIEVE_ADMIN_MAX_CONNECTIONS="10")
+    try:
+        yield server
+    finally:
+        server.process.stop()
+
+
+async def keep_alive_get(port: int, path: str = "/healthz") -> tuple[Answer, asyncio.StreamWriter]:
+    """A GET answered on a connection the server keeps open afterwards."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    await writer.drain()
+    raw = b""
+    async with asyncio.timeout(EVENT_BOUND):
+        while True:
+            answer = parse_answer(raw)
+            length = answer.headers.get("content-length")
+            if length is not None and len(answer.body) >= int(length):
+                return answer, writer
+            chunk = await reader.read(65536)
+            if not chunk:
+                return answer, writer
+            raw += chunk
+
+
+async def test_admin_connections_that_never_complete_a_request_head_are_closed(
+    strict_receiver: Receiver,
+) -> None:
+    """Before: the admin port had no head deadline; such connections stayed open."""
+    port = strict_receiver.admin_port
+    partial = [stall(port, ADMIN_PARTIAL_HEAD, "127.0.0.9") for _ in range(60)]
+    silent = [stall(port, b"", "127.0.0.10") for _ in range(20)]
+    trickling = [stall(port, ADMIN_PARTIAL_HEAD, "127.0.0.11", b"er x\r\nX-A: " + b"a" * 200)]
+    answers = await asyncio.gather(*partial, *silent, *trickling)
+    assert answers == [b""] * len(answers)
+
+    answer, writer = await keep_alive_get(port)
+    writer.close()
+    assert answer.status == 200
+
+
+async def test_a_slow_body_on_the_admin_port_gets_408_and_the_connection_closed(
+    strict_receiver: Receiver,
+) -> None:
+    head = b"POST /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n"
+    raw = await stall(strict_receiver.admin_port, head + b"{", "127.0.0.12", b" " * 200)
+    answer = parse_answer(raw)
+    assert answer.status == 408
+    assert answer.json_body == {"result": False, "error": "Request body not received within 1 s"}
+    assert "Traceback" not in strict_receiver.process.output()
+
+
+async def test_admin_connections_past_their_cap_get_a_503_and_the_public_port_is_unaffected(
+    admin_capped_receiver: Receiver,
+) -> None:
+    admin, public = admin_capped_receiver.admin_port, admin_capped_receiver.port
+    held = [await keep_alive_get(admin) for _ in range(10)]
+    assert [answer.status for answer, _ in held] == [200] * 10
+
+    over, over_writer = await keep_alive_get(admin)
+    over_writer.close()
+    assert over.status == 503
+    assert over.json_body == {"result": False, "error": "Too many connections, retry later"}
+    # The public port counts its connections apart.
+    webhook, webhook_writer = await keep_alive_request(public)
+    webhook_writer.close()
+    assert webhook.status == 200
+
+    for _, writer in held:
+        writer.close()
+    async with asyncio.timeout(EVENT_BOUND):
+        while True:  # the server notices the closed connections
+            answer, writer = await keep_alive_get(admin)
+            writer.close()
+            if answer.status == 200:
+                break
+            assert answer.status == 503
+            await asyncio.sleep(0.1)
+
+
+async def test_an_admin_body_past_64_kib_gets_413(strict_receiver: Receiver) -> None:
+    body = b"x" * (64 * 1024 + 1)
+    head = (
+        f"POST /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    answer = parse_answer(await stall(strict_receiver.admin_port, head + body, "127.0.0.1"))
+    assert answer.status == 413
+    assert answer.is_contract_json()

@@ -4,7 +4,11 @@ Before: log bounds held only after the periodic trim (every 60 s), and a refused
 up to `payloadBytes` (64 KiB) of its body: 1,500 unsigned 64 KiB bodies took Redis from 3.8 MB to
 124 MB in 2 s. Now the count bound holds at every write, and a refused request stores at most
 `RETRIEVE_REJECTED_PAYLOAD_BYTES` (1 KiB) of its body: the flood below grows Redis by less than
-the bound SECURITY.md states (`maxRecords` x (1 KiB + 1 KiB of record overhead)).
+the bound SECURITY.md states (`maxRecords` x (1 KiB + 1.5 KiB of record overhead)).
+
+Accepted requests too: before, their records were bounded only by the periodic trim (an
+application with `maxRecords: 100` held 3,500 records); now the enqueue script removes the
+oldest past the bound in the same call, so the bound holds during and right after a flood.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 MAX_RECORDS = 100
 REJECTED_PAYLOAD = 1024
-RECORD_OVERHEAD = 1024
+RECORD_OVERHEAD = 1536
 SLACK = 2 * 1024 * 1024
 FLOOD = 1500
 BODY = b'{"junk": "' + b"x" * (64 * 1024 - 12) + b'"}'
@@ -65,7 +69,9 @@ def receiver(tmp_path: Path, private_redis_server: RedisServer) -> Iterator[Rece
         server.process.stop()
 
 
-async def flood(url: str, source: str, count: int, concurrency: int = 16) -> list[int]:
+async def flood(
+    url: str, source: str, count: int, concurrency: int = 16, body: bytes = BODY
+) -> list[int]:
     statuses: list[int] = []
     numbers = iter(range(count))
     connector = aiohttp.TCPConnector(local_addr=(source, 0), limit=concurrency)
@@ -73,7 +79,7 @@ async def flood(url: str, source: str, count: int, concurrency: int = 16) -> lis
 
         async def lane() -> None:
             for _ in numbers:
-                async with session.post(url, data=BODY) as answer:
+                async with session.post(url, data=body) as answer:
                     await answer.read()
                     statuses.append(answer.status)
 
@@ -106,7 +112,7 @@ async def test_a_flood_of_refused_requests_stays_within_the_log_bound(
         # cache, key tables and the allocator add their own (SLACK).
         stored = 0
         async for key in redis.scan_iter(match=f"*{KEYS.tag}*"):
-            stored += int(await redis.memory_usage(key) or 0)
+            stored += int(await redis.memory_usage(key, samples=0) or 0)  # exact, not sampled
         bound = MAX_RECORDS * (REJECTED_PAYLOAD + RECORD_OVERHEAD)
         print(f"\nRedis used_memory {before} -> {after} bytes; the app's keys {stored} bytes")
         assert stored < bound
@@ -117,5 +123,38 @@ async def test_a_flood_of_refused_requests_stays_within_the_log_bound(
         assert {r.http_status for r in records} == {401}
         assert {len(r.payload) for r in records} == {REJECTED_PAYLOAD}
         assert all(r.payload_truncated for r in records)
+    finally:
+        await redis.aclose()
+
+
+async def test_a_flood_of_accepted_requests_is_held_to_max_records_during_and_after_it(
+    receiver: Receiver, private_redis_server: RedisServer
+) -> None:
+    redis = Redis.from_url(private_redis_server.url)
+    sizes: list[int] = []
+    flooding = True
+
+    async def watch() -> None:  # the log's size all along the flood, not only at its end
+        while flooding:
+            sizes.append(await redis.zcard(KEYS.log_index))
+            await asyncio.sleep(0.01)
+
+    try:
+        watcher = asyncio.create_task(watch())
+        try:
+            accepted = await flood(
+                f"{receiver.url}/integration/{INTEGRATION}", "127.0.0.1", FLOOD, body=b'{"n": 1}'
+            )
+        finally:
+            flooding = False
+            await watcher
+        assert set(accepted) == {200}
+        assert await redis.xlen(KEYS.jobs) == FLOOD  # every job kept, only records bounded
+        assert await redis.zcard(KEYS.log_index) == MAX_RECORDS
+        hashes = [key async for key in redis.scan_iter(match=f"{KEYS.log_record_prefix}*")]
+        assert len(hashes) == MAX_RECORDS
+        assert max(sizes) <= MAX_RECORDS
+        records = await LogStore(redis, KEYS).query(limit=MAX_RECORDS)
+        assert {r.status for r in records} == {"queued"}
     finally:
         await redis.aclose()

@@ -8,9 +8,15 @@ made with one of its secrets over the exact bytes, and never raises on hostile h
 from __future__ import annotations
 
 import base64
+import contextlib
+import gzip
+import io
 import json
 import math
+import re
 import time
+import unicodedata
+import zlib
 from typing import Any
 from urllib.parse import urlencode
 from xml.sax.saxutils import escape
@@ -18,9 +24,21 @@ from xml.sax.saxutils import escape
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
+from rich.console import Console
 
+from retrieve_cli.logs_replay import render_table
+from retrieve_cli.sink import SinkRequest, print_request
+from retrieve_cli.terminal import safe_text
+from retrieve_core.logstore import LogRecord, LogStatus
 from retrieve_core.models import VerifySpec
+from retrieve_receiver.content_coding import (
+    MAX_SHOWN,
+    CodingMismatch,
+    UnsupportedCoding,
+    content_coding,
+    decode_body,
+)
 from retrieve_receiver.parsing import (
     MAX_DETAIL,
     PayloadError,
@@ -41,6 +59,7 @@ pytestmark = pytest.mark.unit
 
 JSON_PREFIX = "Invalid JSON payload: "
 XML_PREFIX = "Invalid XML payload: "
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_values = st.recursive(
@@ -320,3 +339,194 @@ def test_hostile_signature_headers_are_refused_never_raise(
     preset: str, headers: dict[str, str], body: bytes
 ) -> None:
     assert not verify(scheme(preset, b"whsec_c2VjcmV0"), CIMultiDict(headers), body, time.time())
+
+
+# ---------------------------------------------------------------- numbers (issue 12, defect 6)
+
+number_texts = st.builds(
+    lambda sign, whole, fraction, exponent: f"{sign}{whole}{fraction}{exponent}",
+    st.sampled_from(["", "-"]),
+    st.one_of(
+        st.just("0"),
+        st.from_regex(r"\A[1-9][0-9]{0,40}\Z"),
+        st.integers(min_value=300, max_value=5000).map(lambda n: "9" * n),  # past 4300 digits too
+    ),
+    st.one_of(st.just(""), st.from_regex(r"\A\.[0-9]{1,30}\Z")),
+    st.one_of(
+        st.just(""),
+        st.builds(
+            "{}{}{}".format,
+            st.sampled_from(["e", "E"]),
+            st.sampled_from(["", "+", "-"]),
+            st.integers(min_value=0, max_value=100_000),
+        ),
+    ),
+)
+
+
+@FAST
+@given(json_values, number_texts)
+@example([], "-0")
+@example([], "-0.0")
+@example([], "0e99999")
+@example([], "1e-99999")
+@example([], "-1E-400")
+@example([], "1.7976931348623157e308")
+@example([], "1.7976931348623159e308")  # rounds past the largest double
+def test_any_number_is_taken_as_the_same_finite_value_or_refused_with_the_contract_error(
+    value: Any, number: str
+) -> None:
+    """Overflow, -0, huge exponents, thousands of digits: what a job holds is finite JSON."""
+    body = json.dumps([value, {"n": "marker"}]).replace('"marker"', number).encode()
+    try:
+        parsed = parse_payload(False, "application/json", body).value
+    except PayloadError as exc:
+        assert_contract_error(exc, JSON_PREFIX)
+        integer = number.lstrip("-").isdigit()
+        # Refused only for a reason: out of a double's range, or an integer past Python's
+        # 4,300-digit conversion limit.
+        assert (integer and len(number.lstrip("-")) > 4300) or not math.isfinite(float(number))
+        return
+    taken = parsed[1]["n"]
+    if number.lstrip("-").isdigit():
+        assert taken == int(number)
+    else:
+        assert taken == float(number)
+        assert math.copysign(1.0, taken) == math.copysign(1.0, float(number))  # -0.0 stays
+    assert json.loads(json.dumps(parsed, allow_nan=False)) == parsed
+
+
+# ---------------------------------------------------------------- content encodings
+
+
+def _encode(body: bytes, coding: str, level: int) -> bytes:
+    if coding == "gzip":
+        return gzip.compress(body, compresslevel=level)
+    wbits = zlib.MAX_WBITS if coding == "deflate" else -zlib.MAX_WBITS  # zlib or raw deflate
+    compressor = zlib.compressobj(level, zlib.DEFLATED, wbits)
+    return compressor.compress(body) + compressor.flush()
+
+
+@FAST
+@given(
+    st.binary(max_size=4096) | st.integers(0, 20_000).map(lambda n: b"a" * n),
+    st.sampled_from(["gzip", "deflate", "raw deflate"]),
+    st.integers(min_value=0, max_value=9),
+    st.integers(min_value=0, max_value=25_000),
+)
+def test_a_compressed_body_inflates_to_what_was_sent_or_overflows_past_the_limit(
+    body: bytes, coding: str, level: int, limit: int
+) -> None:
+    sent = _encode(body, coding, level)
+    header = "gzip" if coding == "gzip" else "deflate"
+    if len(body) > limit:
+        with pytest.raises(OverflowError):
+            decode_body(sent, header, limit)
+    else:
+        assert decode_body(sent, header, limit) == body
+
+
+@FAST
+@given(
+    st.binary(max_size=2048),
+    st.sampled_from(["gzip", "deflate", "raw deflate"]),
+    st.data(),
+)
+def test_a_damaged_compressed_body_is_a_mismatch_or_an_overflow_never_another_error(
+    body: bytes, coding: str, data: st.DataObject
+) -> None:
+    sent = bytearray(_encode(body, coding, 6))
+    damage = data.draw(st.sampled_from(["truncate", "flip", "append", "replace"]))
+    if damage == "truncate":
+        sent = sent[: data.draw(st.integers(0, max(len(sent) - 1, 0)))]
+    elif damage == "flip" and sent:
+        at = data.draw(st.integers(0, len(sent) - 1))
+        sent[at] ^= data.draw(st.integers(1, 255))
+    elif damage == "append":
+        sent += data.draw(st.binary(min_size=1, max_size=64))
+    else:
+        sent = bytearray(data.draw(st.binary(max_size=256)))
+    header = "gzip" if coding == "gzip" else "deflate"
+    with contextlib.suppress(CodingMismatch, OverflowError):  # anything else fails the test
+        decode_body(bytes(sent), header, 4096)
+
+
+@FAST
+@given(
+    st.lists(
+        st.text(st.characters(codec="latin-1", exclude_characters="\r\n\0"), max_size=60),
+        min_size=1,
+        max_size=3,
+    )
+)
+@example(["gzip, gzip"])
+@example(["x" * 500])
+@example([" GZIP "])
+@example(["identity", "gzip"])
+def test_any_content_encoding_header_is_one_known_coding_or_refused_with_a_bounded_name(
+    values: list[str],
+) -> None:
+    headers = CIMultiDictProxy(CIMultiDict(("Content-Encoding", v) for v in values))
+    accepted = ("", "identity", "gzip", "x-gzip", "deflate")
+    if ",".join(values).strip().lower() in accepted:
+        assert content_coding(headers) in (None, "gzip", "deflate")
+        return
+    with pytest.raises(UnsupportedCoding) as refused:
+        content_coding(headers)
+    assert len(refused.value.coding) <= MAX_SHOWN + len("...")
+
+
+# ---------------------------------------------------------------- stored text on a terminal
+
+TERMINAL_HAZARDS = [
+    "\x1b[2J", "\x1b]0;pwned\x07", "\x1b]8;;http://evil.example\x1b\\", "\x9b31m", "\x90q\x9c",
+    "\u202e", "\u2066", "\u200b", "\ufeff", "\u2028", "\u2029", "\x85", "\r\n", "\n", "\t", "\b",
+    "\x00", "\x7f", "[bold red]", "[/]", "[link=http://evil.example]", ":smile:", "\ud800",
+    "\U000e0041", "│ forged │ row │",
+]  # fmt: skip
+hostile_text = st.lists(
+    st.one_of(st.text(max_size=8), st.sampled_from(TERMINAL_HAZARDS)), max_size=6
+).map("".join)
+SGR = re.compile(r"\x1b\[[0-9;]*m")
+BOX_LINE_STARTS = tuple("┏┃┡│└")
+
+
+@FAST
+@given(hostile_text, hostile_text, hostile_text)
+@example("[bold]x[/]\x1b]0;t\x07", "done\n2026-01-01  10.0.0.1  FORGED", "\u202e:smile:")
+def test_text_a_sender_stores_never_acts_on_the_terminal_of_retrieve_logs(
+    integration_id: str, message: str, payload: str
+) -> None:
+    """The id of a refused request, a rewrite's message and a payload, as `retrieve logs`
+    prints them: only rich's colours, no markup read, each output line part of the table."""
+    record = LogRecord(
+        id="r1", ts=1_700_000_000.0, source_ip="203.0.113.9", integration_id=integration_id,
+        http_status=403, status=LogStatus.REJECTED, error=message, payload=payload,
+    )  # fmt: skip
+    stored = LogRecord.from_hash(record.to_hash())
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, color_system="truecolor", width=2000)
+    console.print(render_table([stored], payload=True))
+    plain = SGR.sub("", out.getvalue())
+    unsafe = {c for c in plain if c != "\n" and unicodedata.category(c) in UNSAFE_CATEGORIES}
+    assert not unsafe
+    lines = plain.rstrip("\n").split("\n")
+    assert all(line.startswith(BOX_LINE_STARTS) for line in lines)
+    assert len(lines) == 5  # top, header, rule, the one row, bottom: nothing split it
+    for shown in (safe_text(integration_id), safe_text(message), safe_text(payload)):
+        assert shown in lines[3]  # as sent, escaped, not read as markup
+
+
+@FAST
+@given(hostile_text, hostile_text, st.one_of(st.none(), hostile_text, json_values))
+def test_what_retrieve_sink_prints_of_a_request_is_one_safe_line(
+    path: str, query: str, body: Any
+) -> None:
+    """`retrieve sink` prints what a worker delivered: a destination's view of sender text."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_request(SinkRequest("POST", "/" + path, query, {}, body))
+    printed = out.getvalue()
+    assert printed.endswith("\n")
+    assert "\n" not in printed[:-1]
+    assert not [c for c in printed[:-1] if unicodedata.category(c) in UNSAFE_CATEGORIES]

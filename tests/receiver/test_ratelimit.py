@@ -13,8 +13,6 @@ from retrieve_core.models import RateLimitSpec
 from retrieve_receiver.ratelimit import retry_after_seconds
 from tests.receiver.conftest import ClientFactory, make_app, make_integration, make_provider
 
-pytestmark = pytest.mark.redis
-
 OK = {"result": True, "error": ""}
 LIMITED = {"result": False, "error": "Rate limit exceeded, retry later"}
 
@@ -36,6 +34,7 @@ def test_retry_after_is_whole_seconds_at_least_one(wait_ms: int, seconds: int) -
     assert retry_after_seconds(wait_ms) == seconds
 
 
+@pytest.mark.redis
 async def test_integration_over_its_burst_gets_429_with_retry_after_and_a_log_record(
     receiver_client: ClientFactory, redis_client: Redis
 ) -> None:
@@ -56,6 +55,7 @@ async def test_integration_over_its_burst_gets_429_with_retry_after_and_a_log_re
     assert {r.error for r in records if r.http_status == 429} == {LIMITED["error"]}
 
 
+@pytest.mark.redis
 async def test_two_receiver_instances_share_one_limit(
     receiver_client: ClientFactory, redis_client: Redis
 ) -> None:
@@ -76,6 +76,7 @@ async def test_two_receiver_instances_share_one_limit(
     assert await redis_client.xlen(app.keys.jobs) == 6
 
 
+@pytest.mark.redis
 async def test_application_limit_covers_all_its_integrations(
     receiver_client: ClientFactory, redis_client: Redis
 ) -> None:
@@ -93,6 +94,7 @@ async def test_application_limit_covers_all_its_integrations(
     assert statuses == [200, 200, 200, 200, 429, 429]
 
 
+@pytest.mark.redis
 async def test_tokens_refill_at_the_configured_rate(receiver_client: ClientFactory) -> None:
     app = make_app(integrations=[make_integration("FAST", rateLimit=limit(20, 1))])
     client = await receiver_client(make_provider(app))
@@ -103,6 +105,7 @@ async def test_tokens_refill_at_the_configured_rate(receiver_client: ClientFacto
     assert (await client.post("/integration/FAST", data=b"{}")).status == 200
 
 
+@pytest.mark.redis
 async def test_limit_is_checked_after_the_whitelist_and_before_the_body(
     receiver_client: ClientFactory,
 ) -> None:
@@ -122,6 +125,7 @@ async def test_limit_is_checked_after_the_whitelist_and_before_the_body(
     assert unknown.status == 404
 
 
+@pytest.mark.redis
 async def test_no_limit_configured_writes_no_bucket(
     receiver_client: ClientFactory, redis_client: Redis
 ) -> None:

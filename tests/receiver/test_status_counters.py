@@ -7,7 +7,7 @@ import time
 import pytest
 from redis.asyncio import Redis
 
-from retrieve_operator.livestatus import live_status, read_counts
+from retrieve_operator.status_counters import live_status, read_counts
 from tests.receiver.conftest import (
     ORDER_ID,
     ClientFactory,

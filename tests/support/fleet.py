@@ -1,7 +1,8 @@
 """Separate `retrieve receiver` and `retrieve worker` processes over one Redis, a load generator
 that knows which requests were answered 200, and the ledger that checks none of them was lost.
 
-Used by the fault tests (`tests/faults/`) and the multi-process e2e tests.
+Used by the fault tests (`tests/faults/`, through the `fleet` fixture) and the multi-process e2e
+tests.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import aiohttp
 import yaml
 from redis.asyncio import Redis
 
+from retrieve_cli.sink import Sink
 from retrieve_core.job import Job
 from retrieve_core.keys import AppKeys
 
 from .ports import free_port
-from .processes import RetrieveProcess, Sink
+from .processes import RetrieveProcess
+from .queue_state import quiescent
+from .redis_server import RedisServer
 
 NAMESPACE = "faults"
 APP = "fleet"
@@ -337,15 +341,80 @@ async def tally(name: str, ledger: Ledger, sink: Sink, redis: Redis) -> Tally:
     )
 
 
-async def wait_settled(
-    ledger: Ledger, sink: Sink, redis: Redis, timeout: float, also: float = 1.0
-) -> None:
-    """Waits until every accepted request is delivered or dead-lettered, then `also` seconds
-    more for stragglers (late duplicates, deliveries of unacknowledged requests)."""
+async def wait_settled(ledger: Ledger, sink: Sink, redis: Redis, timeout: float) -> None:
+    """Waits until every accepted request is delivered or dead-lettered, and the queue is
+    quiescent: a straggler (a late duplicate, a delivery of an unacknowledged request) would
+    have reached the sink by then."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         by_seq, _ = delivered_seqs(sink)
-        if not ledger.accepted - set(by_seq) - await dead_lettered_seqs(redis):
-            await asyncio.sleep(also)
+        missing = ledger.accepted - set(by_seq) - await dead_lettered_seqs(redis)
+        if not missing and await quiescent(redis, KEYS):
             return
         await asyncio.sleep(0.2)
+    raise AssertionError(
+        f"not settled in {timeout} s: {len(ledger.accepted)} accepted, "
+        f"{len(delivered_seqs(sink)[0])} delivered, {len(await dead_lettered_seqs(redis))} dead"
+    )
+
+
+@dataclass
+class Fleet:
+    """Receivers and workers (separate processes) over one Redis, delivering to the test's sink,
+    and the ledger of what the load generator saw; `close()` stops all of them."""
+
+    directory: Path
+    redis_server: RedisServer
+    sink: Sink
+    ledger: Ledger = field(default_factory=Ledger)
+    receivers: list[Receiver] = field(default_factory=list)
+    workers: list[Worker] = field(default_factory=list)
+    config: Path | None = None
+    _redis: Redis | None = None
+
+    def configure(self, **options: Any) -> Path:
+        """The fleet's manifests (`write_fleet_config` options); before the first process."""
+        self.config = write_fleet_config(self.directory, self.sink.url, **options)
+        return self.config
+
+    def _config(self) -> Path:
+        return self.config if self.config is not None else self.configure()
+
+    @property
+    def redis(self) -> Redis:
+        if self._redis is None:
+            self._redis = Redis.from_url(self.redis_server.url)
+        return self._redis
+
+    def receiver(self) -> Receiver:
+        """One more receiver, started and ready."""
+        receiver = Receiver(self._config(), self.redis_server.url).start()
+        self.receivers.append(receiver)
+        return receiver
+
+    def worker(self, concurrency: int = 8) -> Worker:
+        """One more worker, started and ready."""
+        worker = Worker(self._config(), self.redis_server.url, concurrency=concurrency).start()
+        self.workers.append(worker)
+        return worker
+
+    async def answered(self, count: int, timeout: float = 30.0) -> None:
+        """Waits until the load generator has had `count` answers: the load is under way."""
+        deadline = time.monotonic() + timeout
+        while sum(self.ledger.answers.values()) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.ledger.answers} answers, wanted {count}")
+            await asyncio.sleep(0.05)
+
+    async def settled(self, name: str, timeout: float = 40.0) -> Tally:
+        """The counts, once everything accepted is delivered or dead-lettered (`wait_settled`)."""
+        await wait_settled(self.ledger, self.sink, self.redis, timeout=timeout)
+        return await tally(name, self.ledger, self.sink, self.redis)
+
+    async def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        for receiver in self.receivers:
+            receiver.process.stop()
+        if self._redis is not None:
+            await self._redis.aclose()

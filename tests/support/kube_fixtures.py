@@ -1,4 +1,4 @@
-"""pytest fixtures for tests against a real Kubernetes control plane (see kube_cluster.py).
+"""pytest fixtures for tests against a real Kubernetes control plane (harness/kube_control_plane).
 
 Import them into a conftest (or a test module) with::
 
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.kube_cluster import KubeClusterError, KubeTestCluster
+from harness.kube_control_plane import KubeClusterError, KubeTestCluster
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,7 @@
-"""Free loopback ports for servers the tests start."""
+"""Free loopback ports for servers the tests start (the harness's one copy)."""
 
 from __future__ import annotations
 
-import socket
+from harness.waits import free_port
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+__all__ = ["free_port"]

@@ -1,8 +1,8 @@
-"""Running `retrieve` subcommands as real subprocesses, and an HTTP sink the tests own."""
+"""Running `retrieve` subcommands as real subprocesses. The tests' HTTP destination is the
+product's `retrieve_cli.sink.Sink` (the `sink` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -11,14 +11,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from aiohttp import web
 
-from .ports import free_port
+from retrieve_cli.sink import Sink, SinkRequest
+
+# Re-exported for tests written before the sink moved to the product; import it from there.
+__all__ = [
+    "EXAMPLES",
+    "REPO",
+    "RetrieveProcess",
+    "Sink",
+    "SinkRequest",
+    "retrieve_command",
+    "write_config",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -115,71 +124,3 @@ def write_config(directory: Path, sink_url: str, extra: Sequence[dict[str, Any]]
             yaml.safe_dump_all(documents, sort_keys=False)
         )
     return directory
-
-
-@dataclass
-class SinkRequest:
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-@dataclass
-class Sink:
-    """A destination the test runs: records completed requests; can fail or stall on demand."""
-
-    host: str = "127.0.0.1"
-    port: int = field(default_factory=free_port)
-    status: int = 200
-    delay: float = 0.0
-    received: list[SinkRequest] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    _runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        raw = await request.read()
-        self.arrived.set()
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        status = self.status
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            # The sender went away while we stalled (e.g. a SIGKILLed worker): not a delivery.
-            raise web.HTTPServiceUnavailable()
-        if status < 300:
-            try:
-                body: Any = json.loads(raw)
-            except ValueError:
-                body = raw.decode("utf-8", "replace")
-            self.received.append(SinkRequest(request.path, dict(request.headers), body))
-        return web.json_response({"ok": status < 300}, status=status)
-
-    async def start(self) -> Sink:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def bodies(self, path: str) -> list[Any]:
-        return [r.body for r in self.received if r.path == path]
-
-    async def wait_for(self, count: int, path: str | None = None, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            seen = [r for r in self.received if path is None or r.path == path]
-            if len(seen) >= count:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(
-            f"sink got {len(self.received)} requests, wanted {count} on {path}: {self.received}"
-        )

@@ -1,4 +1,4 @@
-"""Worker test harness: a real Redis, a real HTTP sink on loopback, a worker per test."""
+"""Worker test harness: a real Redis, the root `sink` fixture as destination, a worker per test."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ import asyncio
 import json
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiohttp import web
 from redis.asyncio import Redis
 
 from retrieve_core.config import ApplicationConfig, IntegrationConfig, SecretStore
@@ -25,62 +23,6 @@ from retrieve_worker import Worker, WorkerSettings
 from tests.support.redis_server import RedisServer
 
 WAIT_SECONDS = 15.0
-
-
-@dataclass
-class SinkRequest:
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-@dataclass
-class Sink:
-    """An HTTP destination whose answers the test scripts per path (default 200)."""
-
-    base_url: str = ""
-    requests: list[SinkRequest] = field(default_factory=list)
-    scripts: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
-    always: dict[str, int] = field(default_factory=dict)
-    delay: dict[str, float] = field(default_factory=dict)
-
-    def url(self, path: str) -> str:
-        return f"{self.base_url}{path}"
-
-    def answer(self, path: str, *statuses: int) -> None:
-        """The next answers on `path`, in order; after them `always` or 200."""
-        self.scripts[path].extend(statuses)
-
-    def received(self, path: str) -> list[SinkRequest]:
-        return [r for r in self.requests if r.path == path]
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.requests.append(
-            SinkRequest(request.path, dict(request.headers), json.loads(body) if body else None)
-        )
-        if request.path in self.delay:
-            await asyncio.sleep(self.delay[request.path])
-        queue = self.scripts[request.path]
-        status = queue.pop(0) if queue else self.always.get(request.path, 200)
-        return web.json_response({"status": status}, status=status)
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[Sink]:
-    sink = Sink()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", sink.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    sink.base_url = f"http://127.0.0.1:{port}"
-    try:
-        yield sink
-    finally:
-        await runner.cleanup()
 
 
 def make_app(name: str, integrations: dict[str, dict[str, Any]]) -> ApplicationConfig:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from retrieve_cli.sink import Sink, SinkRequest
 from retrieve_core.job import Job
 from retrieve_core.keys import CONSUMER_GROUP
 from retrieve_core.logstore import LogStatus
@@ -17,7 +18,7 @@ from retrieve_worker import replay_dead_letters
 from retrieve_worker.batching import MAX_SENDS, Batcher, BatchSent, batch_id
 from retrieve_worker.destinations import create_client
 
-from .conftest import Harness, Sink, SinkRequest
+from .conftest import Harness
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -31,7 +32,7 @@ return {jobStatus: 1, data: orders, message: `${orders.length} orders`};
 
 def batched(sink: Sink, path: str, max_records: int, max_wait_ms: int, **extra: Any) -> Any:
     return {
-        "url": sink.url(path),
+        "url": sink.url_for(path),
         "timeoutSeconds": 2,
         "batch": {"maxRecords": max_records, "maxWaitMs": max_wait_ms, **extra},
     }
@@ -56,7 +57,7 @@ async def test_a_burst_goes_as_json_arrays_of_at_most_max_records_each_record_wi
 
     records = await settled(h, jobs, LogStatus.SUCCEEDED, LogStatus.FAILED)
 
-    requests = sink.received("/bulk")
+    requests = sink.requests_to("/bulk")
     assert all(isinstance(r.body, list) and 1 <= len(r.body) <= 10 for r in requests)
     assert len(requests) < len(jobs)  # batched: fewer requests than records
     delivered = records_in(requests)
@@ -98,7 +99,7 @@ async def test_a_job_with_more_records_than_max_records_is_acked_after_all_its_b
 
     record = await h.wait_status(job.id, LogStatus.SUCCEEDED, LogStatus.FAILED)
 
-    requests = sink.received("/many")
+    requests = sink.requests_to("/many")
     assert sorted(len(r.body) for r in requests) == [5, 10, 10]
     assert sorted(r["i"] for r in records_in(requests)) == list(range(25))
     assert sorted(d.record for d in record.destinations) == list(range(25))
@@ -127,8 +128,8 @@ async def test_a_record_id_field_set_by_the_mapping_is_kept_and_an_empty_name_ad
     jobs = [await h.enqueue("own", {"n": 1}), await h.enqueue("bare", {"n": 2})]
     await settled(h, jobs, LogStatus.SUCCEEDED)
 
-    assert records_in(sink.received("/own")) == [{"n": 1, "_retrieve_id": "order-1"}]
-    assert records_in(sink.received("/bare")) == [{"n": 2}]
+    assert records_in(sink.requests_to("/own")) == [{"n": 1, "_retrieve_id": "order-1"}]
+    assert records_in(sink.requests_to("/bare")) == [{"n": 2}]
 
 
 async def test_a_failed_batch_is_sent_again_with_the_same_body_and_idempotency_key(
@@ -149,7 +150,7 @@ async def test_a_failed_batch_is_sent_again_with_the_same_body_and_idempotency_k
     records = await settled(h, jobs, LogStatus.SUCCEEDED, LogStatus.DEAD_LETTER)
 
     assert {r.status for r in records} == {LogStatus.SUCCEEDED}
-    requests = sink.received("/flaky")
+    requests = sink.requests_to("/flaky")
     by_key: dict[str, list[Any]] = {}
     for request in requests:
         by_key.setdefault(request.headers["Idempotency-Key"], []).append(request.body)
@@ -182,7 +183,7 @@ async def test_a_batch_that_keeps_failing_dead_letters_each_job_and_replay_deliv
 
     assert {r.status for r in records} == {LogStatus.DEAD_LETTER}
     assert all("erp answered 503 (batch sent 2 times)" in r.error for r in records)
-    keys = [r.headers["Idempotency-Key"] for r in sink.received("/down")]
+    keys = [r.headers["Idempotency-Key"] for r in sink.requests_to("/down")]
     assert all(keys.count(key) == 2 for key in keys)  # each batch: maxAttempts sends
     dead: Any = await h.redis.xrange(h.keys.dead_letters)
     assert sorted(Job.decode(fields).id for _, fields in dead) == sorted(j.id for j in jobs)
@@ -214,7 +215,7 @@ async def test_a_batch_refused_with_4xx_fails_its_jobs_without_retry(
     records = await settled(h, jobs, LogStatus.FAILED, LogStatus.SUCCEEDED, LogStatus.DEAD_LETTER)
 
     assert {r.status for r in records} == {LogStatus.FAILED}
-    assert len(records_in(sink.received("/bad"))) == 2  # each record sent once
+    assert len(records_in(sink.requests_to("/bad"))) == 2  # each record sent once
     assert await h.redis.xlen(h.keys.dead_letters) == 0
 
 
@@ -226,7 +227,10 @@ async def test_batched_records_delivered_are_not_sent_again_when_another_destina
             "mixed": {
                 "destinations": [
                     {"name": "bulk", "http": batched(sink, "/mixed-bulk", 10, 20)},
-                    {"name": "one", "http": {"url": sink.url("/mixed-one"), "timeoutSeconds": 2}},
+                    {
+                        "name": "one",
+                        "http": {"url": sink.url_for("/mixed-one"), "timeoutSeconds": 2},
+                    },
                 ],
                 "retry": NO_WAIT,
             }
@@ -240,11 +244,11 @@ async def test_batched_records_delivered_are_not_sent_again_when_another_destina
 
     assert record.status is LogStatus.SUCCEEDED
     assert record.attempts == 2
-    assert records_in(sink.received("/mixed-bulk")) == [
+    assert records_in(sink.requests_to("/mixed-bulk")) == [
         {"n": 1, "_retrieve_id": f"{job.id}-bulk-0"}
     ]
-    assert [r.body for r in sink.received("/mixed-one")] == [{"n": 1}, {"n": 1}]
-    assert sink.received("/mixed-one")[0].headers["Idempotency-Key"] == f"{job.id}-one-0"
+    assert [r.body for r in sink.requests_to("/mixed-one")] == [{"n": 1}, {"n": 1}]
+    assert sink.requests_to("/mixed-one")[0].headers["Idempotency-Key"] == f"{job.id}-one-0"
 
 
 async def test_more_jobs_than_the_concurrency_share_a_batch(
@@ -260,7 +264,7 @@ async def test_more_jobs_than_the_concurrency_share_a_batch(
 
     await settled(h, jobs, LogStatus.SUCCEEDED)
 
-    assert [len(r.body) for r in sink.received("/wide")] == [30]
+    assert [len(r.body) for r in sink.requests_to("/wide")] == [30]
     labels = {"application": f"test/{h.app.name}", "integration": "wide", "destination": "erp"}
     assert worker.registry.get_sample_value("retrieve_worker_batch_records_sum", labels) == 30
     requests = worker.registry.get_sample_value(
@@ -285,7 +289,7 @@ async def test_a_stopping_worker_sends_what_its_batches_gathered_at_once(
 
     records = [await h.logs.get(job.id) for job in jobs]
     assert {r.status for r in records if r is not None} == {LogStatus.SUCCEEDED}
-    assert [len(r.body) for r in sink.received("/slow")] == [3]
+    assert [len(r.body) for r in sink.requests_to("/slow")] == [3]
 
 
 async def _unsettled(h: Harness, count: int) -> bool:
@@ -318,7 +322,7 @@ async def test_a_batch_leaves_max_wait_ms_after_its_earliest_job_was_taken(sink:
     finally:
         await client.close()
 
-    assert [[r["n"] for r in q.body] for q in sink.received("/deadline")] == [["b", "a"]]
+    assert [[r["n"] for r in q.body] for q in sink.requests_to("/deadline")] == [["b", "a"]]
     assert all(o.deliveries[0].delivered and not o.exhausted for o in outcomes)
     assert [s.records for s in sent] == [2]
 
@@ -330,7 +334,7 @@ async def test_a_slow_destination_holds_back_reading_instead_of_piling_up_record
     h = harness_factory(
         {"slow": {"destinations": [{"name": "erp", "http": batched(sink, "/slowest", 2, 10)}]}}
     )
-    sink.delay["/slowest"] = 0.05
+    sink.delays["/slowest"] = 0.05
     jobs = [await h.enqueue("slow", {"n": n}) for n in range(40)]
     worker = await h.start_worker()
     consumer = next(iter(worker.consumers.values()))
@@ -345,8 +349,8 @@ async def test_a_slow_destination_holds_back_reading_instead_of_piling_up_record
     await h.eventually(all_done)
 
     assert 0 < most <= (MAX_SENDS + 1) * 2
-    assert sorted(r["n"] for r in records_in(sink.received("/slowest"))) == list(range(40))
-    assert all(len(r.body) <= 2 for r in sink.received("/slowest"))
+    assert sorted(r["n"] for r in records_in(sink.requests_to("/slowest"))) == list(range(40))
+    assert all(len(r.body) <= 2 for r in sink.requests_to("/slowest"))
 
 
 async def test_a_worker_stopping_while_a_batch_waits_to_retry_schedules_ordinary_retries(
@@ -363,15 +367,15 @@ async def test_a_worker_stopping_while_a_batch_waits_to_retry_schedules_ordinary
     sink.always["/later"] = 503
     await h.start_worker()
     jobs = [await h.enqueue("later", {"n": n}) for n in range(3)]
-    await h.eventually(lambda: _is_true(len(records_in(sink.received("/later"))) == 3))
+    await h.eventually(lambda: _is_true(len(records_in(sink.requests_to("/later"))) == 3))
 
-    sent = len(sink.received("/later"))
+    sent = len(sink.requests_to("/later"))
     await asyncio.wait_for(h.stop_workers(), 20)  # far sooner than the 15 s+ backoff
 
     records = [await h.logs.get(job.id) for job in jobs]
     assert {r.status for r in records if r is not None} == {LogStatus.RETRYING}
     assert await h.redis.zcard(h.keys.delayed) == 3
-    assert len(sink.received("/later")) == sent  # not sent again on the way out
+    assert len(sink.requests_to("/later")) == sent  # not sent again on the way out
     info = await h.redis.xpending(h.keys.jobs, CONSUMER_GROUP)
     assert info["pending"] == 0
 

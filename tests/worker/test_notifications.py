@@ -9,15 +9,16 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from retrieve_cli.sink import Sink
 from retrieve_core.config import ApplicationConfig, IntegrationConfig, SecretStore
 from retrieve_core.logstore import LogStatus
 from retrieve_core.models import IntegrationSpec, NotificationEvent, RetrieveApplicationSpec
 from retrieve_core.notifications import claim_due, read_attempts
 from retrieve_core.provider import ConfigProvider
-from retrieve_worker.poll import Poller, PollError
+from retrieve_core.scheduling.source_poll import Poller, PollError
 from tests.support.redis_server import RedisServer
 
-from .conftest import Harness, Sink
+from .conftest import Harness
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -66,11 +67,11 @@ async def notifying(redis_server: RedisServer, redis_client: Redis) -> AsyncIter
 
 
 def target(sink: Sink, path: str, **extra: Any) -> dict[str, Any]:
-    return {"name": "ops", "url": sink.url(path), "minIntervalSeconds": 300, **extra}
+    return {"name": "ops", "url": sink.url_for(path), "minIntervalSeconds": 300, **extra}
 
 
 def down_destination(sink: Sink) -> dict[str, Any]:
-    return {"name": "erp", "http": {"url": sink.url("/erp"), "timeoutSeconds": 2}}
+    return {"name": "erp", "http": {"url": sink.url_for("/erp"), "timeoutSeconds": 2}}
 
 
 async def test_a_dead_letter_is_told_to_a_json_target_with_the_contract_fields(
@@ -87,7 +88,7 @@ async def test_a_dead_letter_is_told_to_a_json_target_with_the_contract_fields(
 
     await h.eventually(lambda: _has(sink, "/hook", 1))
 
-    [message] = sink.received("/hook")
+    [message] = sink.requests_to("/hook")
     body = message.body
     assert set(body) == {
         "event", "namespace", "application", "integration", "integrationId", "jobId",
@@ -151,7 +152,7 @@ async def test_rewrite_errors_go_to_slack_with_headers_from_secrets_and_aggregat
     await h.eventually(lambda: _has(sink, "/slack", 1))
 
     # The first went at once; those after it wait for minIntervalSeconds, in one gate.
-    [message] = sink.received("/slack")
+    [message] = sink.requests_to("/slack")
     assert set(message.body) == {"text"}
     assert "rewrite function error" in message.body["text"]
     assert "no orders in" in message.body["text"]
@@ -172,7 +173,7 @@ async def test_a_target_that_is_down_is_counted_and_logged_and_jobs_go_on(
         [target(sink, "/hook-down", events=["deadLetter"])],
         {
             "ORDERS": {"destinations": [down_destination(sink)], "retry": NO_WAIT},
-            "OK": {"destinations": [{"name": "ok", "http": {"url": sink.url("/ok")}}]},
+            "OK": {"destinations": [{"name": "ok", "http": {"url": sink.url_for("/ok")}}]},
         },
     )
     sink.always["/erp"] = 503
@@ -187,7 +188,7 @@ async def test_a_target_that_is_down_is_counted_and_logged_and_jobs_go_on(
 
     [attempt] = await read_attempts(h.redis, h.keys)
     assert (attempt.result, attempt.http_status, attempt.attempts) == ("failed", 502, 3)
-    assert len(sink.received("/hook-down")) == 3  # the short retry, then given up
+    assert len(sink.requests_to("/hook-down")) == 3  # the short retry, then given up
     failed = worker.registry.get_sample_value(
         "retrieve_worker_notifications_total",
         {"application": f"test/{h.app.name}", "notification": "ops", "result": "failed"},
@@ -221,11 +222,11 @@ async def test_a_missing_secret_fails_the_notification_without_sending_it(
     [attempt] = await read_attempts(h.redis, h.keys)
     assert attempt.result == "failed"
     assert "Secret absent has no key k" in attempt.error
-    assert sink.received("/nosecret") == []
+    assert sink.requests_to("/nosecret") == []
 
 
 async def _has(sink: Sink, path: str, count: int) -> bool:
-    return len(sink.received(path)) >= count
+    return len(sink.requests_to(path)) >= count
 
 
 async def _attempts(h: Harness, count: int) -> bool:
@@ -241,7 +242,7 @@ async def test_a_failed_scheduled_poll_is_noted_for_poll_failed_notifications(
             "POLLED": {
                 "schedule": {
                     "cron": "*/5 * * * *",
-                    "source": {"http": {"url": sink.url("/source"), "idField": "id"}},
+                    "source": {"http": {"url": sink.url_for("/source"), "idField": "id"}},
                 }
             }
         },

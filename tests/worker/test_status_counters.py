@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
+from retrieve_cli.sink import Sink
 from retrieve_core.logstore import LogStatus
-from retrieve_operator.livestatus import read_counts
+from retrieve_operator.status_counters import read_counts
 from retrieve_worker import replay_dead_letters
-from retrieve_worker.worker import AppConsumer, Worker
+from retrieve_worker.consumer import AppConsumer
+from retrieve_worker.worker import Worker
 
-from .conftest import Harness, Sink
+from .conftest import Harness
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -23,7 +25,7 @@ NO_WAIT = {"maxAttempts": 2, "backoffSeconds": 0, "maxBackoffSeconds": 0}
 
 
 def _spec(sink: Sink, path: str) -> dict[str, Any]:
-    return {"destinations": [{"name": "d", "http": {"url": sink.url(path)}}], "retry": NO_WAIT}
+    return {"destinations": [{"name": "d", "http": {"url": sink.url_for(path)}}], "retry": NO_WAIT}
 
 
 async def test_failed_jobs_and_dead_letters_are_counted_per_integration(

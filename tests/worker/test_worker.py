@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
+from retrieve_cli.sink import Sink
 from retrieve_core.job import Job
 from retrieve_core.keys import CONSUMER_GROUP
 from retrieve_core.logstore import LogStatus
 from retrieve_worker import replay_dead_letters
 from retrieve_worker.queue import ensure_group
 
-from .conftest import Harness, Sink
+from .conftest import Harness
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -32,7 +33,7 @@ NO_WAIT = {"maxAttempts": 3, "backoffSeconds": 0, "maxBackoffSeconds": 0}
 
 
 def http(sink: Sink, path: str, **extra: Any) -> dict[str, Any]:
-    return {"url": sink.url(path), "timeoutSeconds": 2, **extra}
+    return {"url": sink.url_for(path), "timeoutSeconds": 2, **extra}
 
 
 async def stream_len(h: Harness, key: str) -> int:
@@ -80,7 +81,7 @@ async def test_a_job_is_rewritten_mapped_delivered_and_logged_as_succeeded(
         ("warehouse", 0, 200),
         ("warehouse", 1, 200),
     ]
-    received = sorted(sink.received("/orders"), key=lambda r: r.body["order_id"])
+    received = sorted(sink.requests_to("/orders"), key=lambda r: r.body["order_id"])
     assert [r.body for r in received] == [
         {"order_id": 1, "customer_email": "a@example.com", "total": 9.99},
         {"order_id": 2, "customer_email": "b@example.com", "total": 5},
@@ -106,7 +107,7 @@ async def test_without_rewrite_a_list_payload_is_one_request_per_item(
     await h.start_worker()
     job = await h.enqueue("raw", [{"a": 1}, {"a": 2}, {"a": 3}])
     await h.wait_status(job.id, LogStatus.SUCCEEDED)
-    assert sorted(r.body["a"] for r in sink.received("/raw")) == [1, 2, 3]
+    assert sorted(r.body["a"] for r in sink.requests_to("/raw")) == [1, 2, 3]
 
 
 async def test_a_destination_that_fails_then_recovers_gets_the_job_once_and_others_no_resend(
@@ -131,9 +132,9 @@ async def test_a_destination_that_fails_then_recovers_gets_the_job_once_and_othe
 
     assert record.status is LogStatus.SUCCEEDED
     assert record.attempts == 2
-    assert len(sink.received("/steady")) == 1  # delivered in attempt 1, not resent
-    assert [r.body for r in sink.received("/flaky")] == [{"id": 7}, {"id": 7}]
-    keys = {r.headers["Idempotency-Key"] for r in sink.received("/flaky")}
+    assert len(sink.requests_to("/steady")) == 1  # delivered in attempt 1, not resent
+    assert [r.body for r in sink.requests_to("/flaky")] == [{"id": 7}, {"id": 7}]
+    keys = {r.headers["Idempotency-Key"] for r in sink.requests_to("/flaky")}
     assert keys == {f"{job.id}-flaky-0"}
     retries = worker.registry.get_sample_value(
         "retrieve_worker_retries_total",
@@ -158,7 +159,7 @@ async def test_a_destination_that_always_fails_dead_letters_the_job_after_max_at
 
     assert record.attempts == 3
     assert "d answered 503" in record.error
-    assert len(sink.received("/down")) == 3
+    assert len(sink.requests_to("/down")) == 3
     dead: Any = await h.redis.xrange(h.keys.dead_letters)
     assert len(dead) == 1
     fields = dead[0][1]
@@ -179,11 +180,14 @@ async def test_a_destination_refusing_with_4xx_fails_the_job_without_retry(
     job = await h.enqueue("bad", {"id": 1})
 
     record = await h.wait_status(job.id, LogStatus.FAILED, LogStatus.SUCCEEDED)
-    await asyncio.sleep(0.3)  # a retry would be due at once (backoff 0)
+    # The outcome, its acknowledgement and any retry are written by one script: nothing is
+    # scheduled or left pending, so nothing more will be sent.
+    assert await h.redis.zcard(h.keys.delayed) == 0
+    assert await pending(h) == 0
 
     assert record.status is LogStatus.FAILED
     assert record.destinations[0].status == 422
-    assert len(sink.received("/bad")) == 1
+    assert len(sink.requests_to("/bad")) == 1
     assert await h.redis.xlen(h.keys.dead_letters) == 0
     assert (await h.logs.get(job.id)).status is LogStatus.FAILED  # type: ignore[union-attr]
 
@@ -204,12 +208,13 @@ async def test_a_rewrite_returning_job_status_0_fails_the_job_without_retry(
     job = await h.enqueue("skip", {"id": 1})
 
     record = await h.wait_status(job.id, LogStatus.FAILED, LogStatus.SUCCEEDED)
-    await asyncio.sleep(0.3)
+    assert await h.redis.zcard(h.keys.delayed) == 0  # no retry scheduled
+    assert await pending(h) == 0
 
     assert record.job_status == 0
     assert record.message == "not an order"
     assert record.attempts == 1
-    assert sink.received("/skip") == []
+    assert sink.requests_to("/skip") == []
     assert (await h.logs.get(job.id)).attempts == 1  # type: ignore[union-attr]
 
 
@@ -233,7 +238,7 @@ async def test_a_throwing_rewrite_is_retried_then_dead_lettered_with_its_error(
     assert record.attempts == 2
     assert "Error: no orders" in record.error
     assert record.console == ["before"]
-    assert sink.received("/boom") == []
+    assert sink.requests_to("/boom") == []
 
 
 async def test_replay_moves_dead_letters_back_and_they_are_delivered(
@@ -267,7 +272,7 @@ async def test_replay_moves_dead_letters_back_and_they_are_delivered(
     for job in jobs:
         record = await h.wait_status(job.id, LogStatus.SUCCEEDED)
         assert record.attempts == 1  # attempts start again
-    delivered = [r for r in sink.received("/rp") if r.body is not None]
+    delivered = [r for r in sink.requests_to("/rp") if r.body is not None]
     assert sorted(r.body["n"] for r in delivered[-3:]) == [0, 1, 2]
     remaining: Any = await h.redis.xrange(h.keys.dead_letters)
     assert [Job.decode(f).id for _, f in remaining] == [other.id]
@@ -289,7 +294,7 @@ async def test_a_job_left_pending_by_a_dead_consumer_is_reclaimed(
     record = await h.wait_status(job.id, LogStatus.SUCCEEDED)
 
     assert record.status is LogStatus.SUCCEEDED
-    assert len(sink.received("/rc")) == 1
+    assert len(sink.requests_to("/rc")) == 1
     assert await pending(h) == 0
     reclaimed = worker.registry.get_sample_value(
         "retrieve_worker_reclaimed_total", {"application": f"test/{h.app.name}"}
@@ -313,7 +318,7 @@ async def test_a_job_delivered_too_many_times_is_dead_lettered_without_running(
     record = await h.wait_status(job.id, LogStatus.DEAD_LETTER)
 
     assert "delivered 5 times" in record.error
-    assert sink.received("/pp") == []
+    assert sink.requests_to("/pp") == []
     assert await h.redis.xlen(h.keys.dead_letters) == 1
 
 
@@ -321,10 +326,10 @@ async def test_clean_shutdown_finishes_in_flight_jobs_and_removes_the_consumer(
     harness_factory: HarnessFactory, sink: Sink
 ) -> None:
     h = harness_factory({"slow": {"destinations": [{"name": "d", "http": http(sink, "/slow")}]}})
-    sink.delay["/slow"] = 0.5
+    sink.delays["/slow"] = 0.5
     worker = await h.start_worker()
     job = await h.enqueue("slow", {"id": 1})
-    await h.eventually(lambda: _is(asyncio.sleep(0, len(sink.received("/slow"))), 1))
+    await h.eventually(lambda: _is(asyncio.sleep(0, len(sink.requests_to("/slow"))), 1))
 
     await h.stop_workers()
 

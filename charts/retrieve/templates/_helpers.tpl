@@ -60,12 +60,35 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-redis" (include "retrieve.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* redis.mode, checked; redis.enabled=false (values older than redis.mode) means external. */}}
+{{- define "retrieve.redisMode" -}}
+{{- $mode := .Values.redis.mode | default "standalone" }}
+{{- if not (has $mode (list "standalone" "sentinel" "cluster" "external")) }}
+{{- fail (printf "redis.mode must be standalone, sentinel, cluster or external, not %q" $mode) }}
+{{- end }}
+{{- if and (eq $mode "standalone") (not .Values.redis.enabled) }}external{{ else }}{{ $mode }}{{ end }}
+{{- end }}
+
+{{/* "true" when the chart installs its own Redis (standalone mode), else empty. */}}
+{{- define "retrieve.redisInChart" -}}
+{{- if eq (include "retrieve.redisMode" .) "standalone" }}true{{ end }}
+{{- end }}
+
 {{/* The Redis URL of applications without spec.redis. */}}
 {{- define "retrieve.redisUrl" -}}
-{{- if .Values.redis.enabled }}
+{{- $mode := include "retrieve.redisMode" . }}
+{{- if eq $mode "standalone" }}
 {{- printf "redis://%s.%s.svc:6379/0" (include "retrieve.redisName" .) .Release.Namespace }}
+{{- else if eq $mode "sentinel" }}
+{{- $sentinel := .Values.redis.sentinel }}
+{{- if not $sentinel.hosts }}{{ fail "redis.sentinel.hosts is required when redis.mode is sentinel" }}{{ end }}
+{{- if not $sentinel.service }}{{ fail "redis.sentinel.service is required when redis.mode is sentinel" }}{{ end }}
+{{- printf "%s://%s/%s/%d" (ternary "rediss+sentinel" "redis+sentinel" (eq (toString $sentinel.tls) "true")) (join "," $sentinel.hosts) $sentinel.service (int $sentinel.db) }}
+{{- else if eq $mode "cluster" }}
+{{- if not .Values.redis.cluster.nodes }}{{ fail "redis.cluster.nodes is required when redis.mode is cluster" }}{{ end }}
+{{- printf "%s://%s" (ternary "rediss+cluster" "redis+cluster" (eq (toString .Values.redis.cluster.tls) "true")) (join "," .Values.redis.cluster.nodes) }}
 {{- else }}
-{{- required "redis.external.url is required when redis.enabled is false" .Values.redis.external.url }}
+{{- required "redis.external.url is required when redis.mode is external (or redis.enabled is false)" .Values.redis.external.url }}
 {{- end }}
 {{- end }}
 

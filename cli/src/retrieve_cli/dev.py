@@ -13,9 +13,7 @@ from typing import Any
 from retrieve_core.config import ApplicationConfig
 from retrieve_core.provider import ConfigProvider
 
-from .redis_process import PrivateRedis, RedisNotInstalled
-from .selection import clear_dev_state, write_dev_state
-from .serve import (
+from .components import (
     CommandError,
     _receiver_settings,
     _worker_settings,
@@ -23,6 +21,8 @@ from .serve import (
     run_event_loop,
     run_until_signal,
 )
+from .redis_server import RedisNotInstalled, RedisServer
+from .selection import clear_dev_state, write_dev_state
 
 
 def banner(apps: tuple[ApplicationConfig, ...], args: argparse.Namespace, redis_url: str) -> str:
@@ -52,10 +52,10 @@ def banner(apps: tuple[ApplicationConfig, ...], args: argparse.Namespace, redis_
 
 
 async def _dev(args: argparse.Namespace, redis_url: str) -> None:
-    from retrieve_receiver.server import run_receiver
+    from retrieve_receiver.serving import run_receiver
     from retrieve_worker.worker import Worker
 
-    from .poll import dev_scheduler
+    from .poll_cmd import dev_scheduler
 
     provider = ConfigProvider()
     watch = folder_source(args.config_dir, provider)
@@ -78,12 +78,12 @@ async def _dev(args: argparse.Namespace, redis_url: str) -> None:
 
 
 def run_dev(args: argparse.Namespace) -> int:
-    private: PrivateRedis | None = None
+    private: RedisServer | None = None
     try:
         if args.redis_url:
             redis_url = args.redis_url
         else:
-            private = PrivateRedis().start()
+            private = RedisServer().start()
             redis_url = private.url
         write_dev_state(redis_url, args.config_dir.resolve())
         run_event_loop(_dev(args, redis_url))
@@ -96,5 +96,5 @@ def run_dev(args: argparse.Namespace) -> int:
     finally:
         clear_dev_state()
         if private is not None:
-            private.stop()
+            private.cleanup()
     return 0

@@ -75,13 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--host", default=os.environ.get("RETRIEVE_HOST", "0.0.0.0"))
             port = int(os.environ.get("RETRIEVE_PORT", "8080"))
             cmd.add_argument("--port", type=int, default=port)
+            cmd.add_argument(
+                "--processes",
+                type=int,
+                default=int(os.environ.get("RETRIEVE_RECEIVER_PROCESSES", "1")),
+                help="receiver processes sharing the port (SO_REUSEPORT), one core each; "
+                "over 1, a parent supervises them and serves the admin port",
+            )
+            # Set by the supervisor for its children only: SO_REUSEPORT, die with the parent.
+            cmd.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+            cmd.add_argument("--admin-host", default=None, help=argparse.SUPPRESS)
         else:
             cmd.add_argument("--concurrency", type=int, default=None)
             cmd.add_argument("--host", default=os.environ.get("RETRIEVE_HOST", "0.0.0.0"))
         cmd.add_argument(
             "--admin-port", type=int, default=int(os.environ.get("RETRIEVE_ADMIN_PORT", "8081"))
         )
-        cmd.set_defaults(handler=_lazy("retrieve_cli.serve", target))
+        cmd.set_defaults(handler=_lazy("retrieve_cli.components", target))
 
     logs = sub.add_parser("logs", help="show webhook log records, newest first")
     _add_app_selector(logs)
@@ -103,13 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show error notification attempts instead (--status sent|failed)",
     )
-    logs.set_defaults(handler=_lazy("retrieve_cli.inspect", "run_logs"))
+    logs.set_defaults(handler=_lazy("retrieve_cli.logs_replay", "run_logs"))
 
     replay = sub.add_parser("replay", help="requeue the dead-lettered jobs of an integration")
     replay.add_argument("integration", help="integration id or Integration name")
     _add_app_selector(replay)
     _add_redis(replay, required=False)
-    replay.set_defaults(handler=_lazy("retrieve_cli.inspect", "run_replay"))
+    replay.set_defaults(handler=_lazy("retrieve_cli.logs_replay", "run_replay"))
 
     poll = sub.add_parser("poll", help="poll a scheduled integration's source once (spec.schedule)")
     poll.add_argument("integration", help="integration id or Integration name")
@@ -122,19 +132,24 @@ def build_parser() -> argparse.ArgumentParser:
     poll.add_argument("--app", default=os.environ.get("RETRIEVE_APPLICATION"))
     _add_redis(poll, required=False)
     poll.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
-    poll.set_defaults(handler=_lazy("retrieve_cli.poll", "run_poll"))
+    poll.set_defaults(handler=_lazy("retrieve_cli.poll_cmd", "run_poll"))
 
     test_rewrite = sub.add_parser(
         "test-rewrite", help="run an Integration manifest's rewrite.tests examples (exit 1: fail)"
     )
     test_rewrite.add_argument("file", help="Integration manifest (YAML, several documents allowed)")
-    test_rewrite.set_defaults(handler=_lazy("retrieve_cli.test_rewrite", "run_test_rewrite"))
+    test_rewrite.set_defaults(handler=_lazy("retrieve_cli.rewrite_tests", "run_test_rewrite"))
 
     op = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
     scope = op.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", default=[], dest="namespaces")
     scope.add_argument("--all-namespaces", "-A", action="store_true")
-    op.add_argument("--peering", default=os.environ.get("RETRIEVE_PEERING", "retrieve-operator"))
+    op.add_argument(
+        "--peering",
+        default=os.environ.get("RETRIEVE_PEERING"),
+        help="mandatory peering: act only while this (Cluster)KopfPeering exists, as the chart "
+        "runs it; by default join `retrieve-operator` if it exists, else run alone",
+    )
     op.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
     op.add_argument("--liveness", default="http://0.0.0.0:8080/healthz")
     op.set_defaults(handler=_lazy("retrieve_cli.operator_cmd", "run_operator"))

@@ -8,6 +8,13 @@ out-of-memory Redis refuses the call before anything of it is stored; the caller
 after Redis replied. All keys of one call carry one application's hash tag, so the script is
 legal on Redis Cluster.
 
+The log's count bound (`webhookLogs.maxRecords`) holds after every call: the call removes the
+oldest records past it, as `logstore.add_bounded_record` does for refused requests, instead of
+leaving them to the periodic trim (issue 12). The removal is one ZCARD, one ZPOPMIN and one
+UNLINK a call, whatever its number of deliveries; at most that number plus
+`logstore.EVICT_PER_WRITE` records go, so a lowered bound never holds Redis for long (the trim
+takes the rest).
+
 Requests that arrive while a call is in flight go out together in the next one. This is the
 receiver's hot path (it bounds webhooks per second): the call is packed straight into RESP bytes
 (`retrieve_core.resp`).
@@ -32,9 +39,9 @@ from .keys import (
     AppKeys,
     counter_bucket,
 )
-from .logstore import LogStatus, truncate_payload_bytes
+from .logstore import EVICT_PER_WRITE, LogStatus, truncate_payload_bytes
 from .redisclient import RedisClient
-from .resp import PackedScript, bulk
+from .resp import PackedScript, bulk, evalsha_head
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +49,10 @@ DUPLICATE_MESSAGE: Final = "duplicate delivery, not enqueued"
 MAX_BATCH: Final = 128
 
 # Per delivery: 3 keys (log record, counters, dedupe) and 9 arguments, after the call's own
-# 3 keys (jobs stream, log index, last-received) and 2 arguments (log max age, counters TTL).
+# 3 keys (jobs stream, log index, last-received) and 4 arguments (log max age, counters TTL,
+# log max records, log record key prefix).
 _CALL_KEYS: Final = 3  # a call's deliveries are at most MAX_BATCH: `unpack` takes 2 per one
-_CALL_ARGS: Final = 2
+_CALL_ARGS: Final = 4
 _DELIVERY_KEYS: Final = 3
 _DELIVERY_ARGS: Final = 9
 
@@ -74,7 +82,7 @@ def _lua_string(value: str) -> str:
 
 
 _SCRIPT: Final = f"""
-local max_age, counter_ttl = ARGV[1], ARGV[2]
+local max_age, counter_ttl, max_records, record_prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local results, index, last, counts, counted = {{}}, {{}}, {{}}, {{}}, {{}}
 for i = 1, (#KEYS - {_CALL_KEYS}) / {_DELIVERY_KEYS} do
   local k = {_CALL_KEYS} + {_DELIVERY_KEYS} * (i - 1)
@@ -108,6 +116,17 @@ end
 -- What the deliveries share is written once per call: the log index, last-received times,
 -- counters (each counter bucket's TTL is set by whoever counts a field in it first).
 redis.call('ZADD', KEYS[2], unpack(index))
+-- The count bound: the oldest records past it go now, not at the next periodic trim.
+if max_records > 0 then
+  local extra = math.min(redis.call('ZCARD', KEYS[2]) - max_records, #results + {EVICT_PER_WRITE})
+  if extra > 0 then
+    local popped, doomed = redis.call('ZPOPMIN', KEYS[2], extra), {{}}
+    for i = 1, #popped, 2 do
+      doomed[#doomed + 1] = record_prefix .. popped[i]
+    end
+    redis.call('UNLINK', unpack(doomed))
+  end
+end
 for integration_id, ts in pairs(last) do
   redis.call('HSET', KEYS[3], integration_id, ts)
 end
@@ -144,12 +163,14 @@ class Delivery:
     dedupe_ttl_seconds: int = 0
     wait: tuple[int, int] = (0, 0)
     """(replicas, timeout ms) for `WAIT` after the call (`spec.redis.durability`); 0: none."""
+    log_max_records: int = 0
+    """The log's count bound (`webhookLogs.maxRecords`), held by the call; 0: the trim's alone."""
 
 
 class _AppPrefix:
     """One application's keys, encoded once: the hot path only appends ids to them."""
 
-    __slots__ = ("call_keys", "counters", "jobs", "jobs_key", "log_record")
+    __slots__ = ("call_keys", "counters", "jobs", "jobs_key", "log_record", "log_record_arg")
 
     def __init__(self, keys: AppKeys) -> None:
         self.jobs_key = keys.jobs.encode()  # its slot is the application's
@@ -158,6 +179,7 @@ class _AppPrefix:
             self.jobs + bulk(keys.log_index.encode()) + bulk(keys.last_received.encode())
         )
         self.log_record = keys.log_record_prefix.encode()
+        self.log_record_arg = bulk(self.log_record)
         self.counters = keys.counters_prefix.encode()
 
 
@@ -167,6 +189,7 @@ class _Call:
 
     keys: AppKeys
     max_age: int
+    max_records: int
     wait: tuple[int, int]
     packed_keys: list[bytes]
     packed_args: list[bytes]
@@ -174,18 +197,19 @@ class _Call:
 
     def command(self, sha: bytes) -> bytes:
         n = len(self.futures)
-        head = b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (
-            3 + _CALL_KEYS + _CALL_ARGS + n * (_DELIVERY_KEYS + _DELIVERY_ARGS),
-            bulk(sha),
-            bulk(b"%d" % (_CALL_KEYS + n * _DELIVERY_KEYS)),
-        )
         prefix = _prefix(self.keys)
-        common = bulk(b"%d" % self.max_age) + bulk(b"%d" % COUNTER_TTL_SECONDS)
+        common = b"%b%b%b%b" % (
+            bulk(b"%d" % self.max_age),
+            bulk(b"%d" % COUNTER_TTL_SECONDS),
+            bulk(b"%d" % self.max_records),
+            prefix.log_record_arg,
+        )
+        head = evalsha_head(sha, _CALL_KEYS + n * _DELIVERY_KEYS, _CALL_ARGS + n * _DELIVERY_ARGS)
         return b"".join((head, prefix.call_keys, *self.packed_keys, common, *self.packed_args))
 
 
-# (keys, log max age, wait, packed keys, packed arguments, the caller's future)
-_Pending = tuple[AppKeys, int, tuple[int, int], bytes, bytes, asyncio.Future[Outcome]]
+# (keys, log max age, log max records, wait, packed keys, packed arguments, the caller's future)
+_Pending = tuple[AppKeys, int, int, tuple[int, int], bytes, bytes, asyncio.Future[Outcome]]
 _PREFIXES: dict[AppKeys, _AppPrefix] = {}
 
 
@@ -260,7 +284,15 @@ class Enqueuer:
         packed_keys, packed_args = _pack_delivery(keys, delivery)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._pending.append(
-            (keys, delivery.log_max_age_seconds, delivery.wait, packed_keys, packed_args, future)
+            (
+                keys,
+                delivery.log_max_age_seconds,
+                delivery.log_max_records,
+                delivery.wait,
+                packed_keys,
+                packed_args,
+                future,
+            )
         )
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
@@ -299,11 +331,13 @@ class Enqueuer:
 
 
 def _group(batch: list[_Pending]) -> list[_Call]:
-    calls: dict[tuple[AppKeys, int, tuple[int, int]], _Call] = {}
-    for keys, max_age, wait, packed_keys, packed_args, future in batch:
-        call = calls.get((keys, max_age, wait))
+    calls: dict[tuple[AppKeys, int, int, tuple[int, int]], _Call] = {}
+    for keys, max_age, max_records, wait, packed_keys, packed_args, future in batch:
+        call = calls.get((keys, max_age, max_records, wait))
         if call is None:
-            call = calls[keys, max_age, wait] = _Call(keys, max_age, wait, [], [], [])
+            call = calls[keys, max_age, max_records, wait] = _Call(
+                keys, max_age, max_records, wait, [], [], []
+            )
         call.packed_keys.append(packed_keys)
         call.packed_args.append(packed_args)
         call.futures.append(future)

@@ -1,9 +1,11 @@
 """Webhook log records (DESIGN.md, "Webhook logs").
 
 Every request leaves a record: a Redis hash per record plus a sorted-set index per application,
-newest first by score. The receiver writes the record in the same MULTI as the job (one round
-trip); the worker adds the processing result to the same hash. Records are bounded by count
-(`trim`) and by age (hash TTL and index trim).
+newest first by score. The receiver writes the record in the same script call as the job (one
+round trip, `enqueue`); the worker adds the processing result to the same hash. Records are
+bounded by count at every write (the enqueue script for accepted requests, `add_bounded_record`
+for refused ones: the oldest past `maxRecords` go in the same call) and by age (hash TTL and the
+periodic `trim`, which also takes what a lowered bound left).
 """
 
 from __future__ import annotations

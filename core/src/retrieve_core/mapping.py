@@ -4,10 +4,17 @@
 value of `expression` evaluated against the record. No mapping leaves records unchanged. The
 records are the rewrite function's `data` (a list gives one record per item, anything else one
 record) or, with no rewrite, the payload itself (same rule).
+
+A number an expression computes (`to_number("1e999")`, `to_number('NaN')`, `sum` of huge
+numbers) can be Infinity or NaN, which JSON does not have: a mapping that yields one fails with a
+`MappingError` naming the field, instead of delivering `Infinity` (not JSON) or a silent null.
+Only expressions that call a function are checked: the others select values of the record, whose
+numbers are finite (the receiver refuses any other, and a rewrite's output is JSON).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,6 +37,8 @@ class MappingError(ValueError):
 @dataclass(frozen=True)
 class FieldMapping:
     fields: tuple[tuple[str, ParsedResult], ...]
+    computed: frozenset[str] = frozenset()
+    """Targets whose expression calls a function, so may compute a number that is not finite."""
 
     def __bool__(self) -> bool:
         return bool(self.fields)
@@ -41,15 +50,46 @@ class FieldMapping:
         out: dict[str, Any] = {}
         for target, expression in self.fields:
             try:
-                out[target] = _INTERPRETER.visit(expression.parsed, record)
+                value = out[target] = _INTERPRETER.visit(expression.parsed, record)
             except JMESPathError as exc:
                 raise MappingError(f"field mapping {target!r} failed: {exc}") from exc
+            if target in self.computed and (bad := _non_finite(value)) is not None:
+                raise MappingError(
+                    f"field mapping {target!r} gave {_JSON_NAMES.get(bad, 'NaN')}, a number JSON "
+                    "cannot carry (past a double's range, or not a number)"
+                )
         return out
+
+
+_JSON_NAMES = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+
+def _non_finite(value: Any) -> float | None:
+    """The first Infinity or NaN in a JSON value, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else value
+    if isinstance(value, list):
+        items: Any = value
+    elif isinstance(value, dict):
+        items = value.values()
+    else:
+        return None
+    for item in items:
+        if (bad := _non_finite(item)) is not None:
+            return bad
+    return None
+
+
+def _calls_a_function(node: Mapping[str, Any]) -> bool:
+    if node.get("type") == "function_expression":
+        return True
+    return any(_calls_a_function(child) for child in node.get("children", ()))
 
 
 @lru_cache(maxsize=1024)
 def _compile(items: tuple[tuple[str, str], ...]) -> FieldMapping:
     compiled: list[tuple[str, ParsedResult]] = []
+    computed: set[str] = set()
     for target, expression in items:
         try:
             compiled.append((target, jmespath.compile(expression)))
@@ -58,7 +98,10 @@ def _compile(items: tuple[tuple[str, str], ...]) -> FieldMapping:
             raise MappingError(
                 f"field mapping {target!r}: invalid JMESPath expression {expression!r}: {detail}"
             ) from exc
-    return FieldMapping(tuple(compiled))
+    for target, parsed in compiled:
+        if _calls_a_function(parsed.parsed):
+            computed.add(target)
+    return FieldMapping(tuple(compiled), frozenset(computed))
 
 
 def compile_mapping(mapping: Mapping[str, str]) -> FieldMapping:

@@ -3,6 +3,9 @@
 These pydantic models are the single source of truth for the custom resources: dev mode, the
 receiver, the worker and the operator validate with them, and the CRD schemas in `crds/` are
 generated from them (`retrieve_operator.crds`). Field names are the camelCase names users write.
+Each field's `kubectl explain` text is here too (`Field(description=...)`, or the docstring of the
+field's model class), which is why this module runs past 500 lines: it is the one source of the
+CRD schemas, and splitting the two resources' models apart would not make either easier to read.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from .constants import (
     DEFAULT_LOG_PAYLOAD_BYTES,
     DEFAULT_MAX_BODY_BYTES,
 )
-from .cron import check_cron
 from .redisclient import REDIS_URL_PATTERN, parse_redis_url
+from .scheduling.cron import check_cron
 
 DOMAIN_PATTERN = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
 INTEGRATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -80,6 +83,8 @@ AllowedEntry = Annotated[str, Field(min_length=1, max_length=253)]
 
 
 class TLSSpec(SpecModel):
+    """TLS for the host; with clusterIssuer, cert-manager issues the Secret."""
+
     secret_name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
     cluster_issuer: str | None = None
 
@@ -119,11 +124,18 @@ class GatewaySpec(SpecModel):
 
 
 class WebhookSpec(SpecModel):
-    enabled: bool = True
+    """The public endpoint: https://webhook-<name>.<domain>/integration/<id>."""
+
+    enabled: bool = Field(
+        default=True,
+        description="When false the route (Ingress or HTTPRoute) and the receiver are removed.",
+    )
     domain: str = Field(
         pattern=DOMAIN_PATTERN, max_length=253, description="host becomes webhook-<app>.<domain>"
     )
-    ingress_class_name: str | None = None
+    ingress_class_name: str | None = Field(
+        default=None, description="IngressClass of the <name>-webhook Ingress."
+    )
     tls: TLSSpec | None = None
     gateway: GatewaySpec | None = Field(
         default=None,
@@ -165,10 +177,22 @@ class ComponentSpec(SpecModel):
 
 
 class ReceiverSpec(ComponentSpec):
+    """The <name>-receiver Deployment (HTTP endpoint)."""
+
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, le=64 * 1024 * 1024)
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="receiver processes per pod, sharing the port (SO_REUSEPORT): one event "
+        "loop uses one core, so a pod uses as many cores as it has processes; without a CPU "
+        "request in resources, the pod requests one CPU per process",
+    )
 
 
 class WorkerSpec(ComponentSpec):
+    """The <name>-worker Deployment (runs the workflows)."""
+
     concurrency: int = Field(default=16, ge=1, le=1024)
 
 
@@ -182,6 +206,12 @@ class RedisDurability(SpecModel):
 
 
 class RedisSpec(SpecModel):
+    """Where jobs, logs and counters live: url, or secretKeyRef to a Secret holding the URL.
+    Unset: the Redis the chart installed. The scheme chooses the mode: redis://, rediss://,
+    unix:// one server; redis+cluster://host:port[,host:port...] a Redis Cluster from those
+    seeds; redis+sentinel://host:port[,host:port...]/<service>[/<db>] the primary the sentinels
+    name (rediss+... for TLS)."""
+
     url: str | None = Field(default=None, pattern=REDIS_URL_PATTERN)
     secret_key_ref: SecretKeyRef | None = None
     durability: RedisDurability | None = None
@@ -196,6 +226,8 @@ class RedisSpec(SpecModel):
 
 
 class WebhookLogsSpec(SpecModel):
+    """Bounds of the per-application webhook log kept in Redis."""
+
     max_records: int = Field(default=DEFAULT_LOG_MAX_RECORDS, ge=10, le=10_000_000)
     max_age_seconds: int = Field(default=DEFAULT_LOG_MAX_AGE_SECONDS, ge=60)
     payload_bytes: int = Field(default=DEFAULT_LOG_PAYLOAD_BYTES, ge=0, le=16 * 1024 * 1024)
@@ -274,11 +306,22 @@ MAX_NOTIFICATIONS = 16
 
 
 class RetrieveApplicationSpec(SpecModel):
+    """Desired state of one application's webhook ingestion."""
+
     webhook: WebhookSpec
     # Bounded so the API server can budget the CEL rules that check each entry.
-    allowed_list: list[AllowedEntry] = Field(default_factory=list, max_length=MAX_ALLOWED_LIST)
+    allowed_list: list[AllowedEntry] = Field(
+        default_factory=list,
+        max_length=MAX_ALLOWED_LIST,
+        description="Who may send: IPv4/IPv6 addresses, CIDRs, or domain names (a domain "
+        "admits senders whose forward-confirmed reverse DNS is the domain or a subdomain). "
+        "An empty list admits nobody.",
+    )
     trusted_proxies: list[AllowedEntry] = Field(
-        default_factory=list, max_length=MAX_TRUSTED_PROXIES
+        default_factory=list,
+        max_length=MAX_TRUSTED_PROXIES,
+        description="Peers (IPs or CIDRs, e.g. the ingress controller) whose "
+        "X-Forwarded-For is believed.",
     )
     receiver: ReceiverSpec = Field(default_factory=ReceiverSpec)
     worker: WorkerSpec = Field(default_factory=WorkerSpec)
@@ -326,6 +369,8 @@ class Preset(StrEnum):
 
 
 class VerifySpec(SpecModel):
+    """Signature check of each request (preset or generic HMAC scheme)."""
+
     preset: Preset = Preset.GENERIC
     secret_refs: list[SecretKeyRef] = Field(min_length=1, max_length=8)
     header: str | None = Field(default=None, pattern=HEADER_NAME_PATTERN)
@@ -344,6 +389,8 @@ class VerifySpec(SpecModel):
 
 
 class DedupeSpec(SpecModel):
+    """Duplicate delivery detection: header or JSON field, and a TTL."""
+
     header: str | None = Field(default=None, pattern=HEADER_NAME_PATTERN)
     json_field: str | None = Field(default=None, min_length=1)
     ttl_seconds: int = Field(default=86_400, ge=1, le=30 * 86_400)
@@ -356,6 +403,8 @@ class RewriteTest(SpecModel):
 
 
 class RewriteSpec(SpecModel):
+    """JavaScript function body run on each job, with examples checked before it goes live."""
+
     javascript: str = Field(min_length=1, max_length=256 * 1024)
     timeout_ms: int = Field(default=1000, ge=10, le=60_000)
     memory_mib: int = Field(default=64, ge=8, le=1024)
@@ -404,6 +453,8 @@ class Destination(SpecModel):
 
 
 class RetrySpec(SpecModel):
+    """Exponential backoff of failed jobs before they are dead-lettered."""
+
     max_attempts: int = Field(default=5, ge=1, le=100)
     backoff_seconds: float = Field(default=2, ge=0, le=3600)
     max_backoff_seconds: float = Field(default=300, ge=0, le=86_400)
@@ -436,9 +487,17 @@ class PaginationSpec(SpecModel):
 
 
 class HttpSourceSpec(SpecModel):
+    """An HTTP GET of a JSON API, page by page."""
+
     url: str = Field(pattern=r"^https?://")
-    headers: dict[str, str] = Field(default_factory=dict)
-    headers_from: list[HeaderFromSecret] = Field(default_factory=list, max_length=16)
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Literal request headers (no secrets here)."
+    )
+    headers_from: list[HeaderFromSecret] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Request headers whose values come from Secrets (e.g. Authorization).",
+    )
     pagination: PaginationSpec | None = None
     items: str = Field(default="@", min_length=1, description="JMESPath to the list of items")
     id_field: str = Field(min_length=1, description="JMESPath to an item's id (the dedupe key)")
@@ -470,14 +529,30 @@ class ScheduleSpec(SpecModel):
 
 
 class IntegrationSpec(SpecModel):
-    application: str = Field(pattern=DNS_LABEL_PATTERN)
-    integration_id: str | None = Field(default=None, pattern=INTEGRATION_ID_PATTERN)
-    enabled: bool = True
+    """One workflow of an application, reachable at
+    https://webhook-<app>.<domain>/integration/<integrationId>."""
+
+    application: str = Field(
+        pattern=DNS_LABEL_PATTERN,
+        description="Name of the RetrieveApplication in the same namespace.",
+    )
+    integration_id: str | None = Field(
+        default=None,
+        pattern=INTEGRATION_ID_PATTERN,
+        description="Id in the URL; unset: derived from namespace/name, so a re-created "
+        "object keeps its URL. Unique in the cluster.",
+    )
+    enabled: bool = Field(default=True, description="A disabled integration answers 409.")
     verify: VerifySpec | None = None
     dedupe: DedupeSpec | None = None
     rewrite: RewriteSpec | None = None
-    field_mapping: dict[str, str] = Field(default_factory=dict)
-    destinations: list[Destination] = Field(default_factory=list)
+    field_mapping: dict[str, str] = Field(
+        default_factory=dict,
+        description="Output field -> JMESPath expression, applied to each record.",
+    )
+    destinations: list[Destination] = Field(
+        default_factory=list, description="Where processed records are sent."
+    )
     retry: RetrySpec = Field(default_factory=RetrySpec)
     rate_limit: RateLimitSpec | None = None
     schedule: ScheduleSpec | None = None

@@ -50,6 +50,20 @@ def command(*parts: bytes) -> bytes:
     return b"*%d\r\n%b" % (len(parts), b"".join(bulk(part) for part in parts))
 
 
+def evalsha_head(sha: bytes, key_count: int, arg_count: int) -> bytes:
+    """The head of a packed `EVALSHA <sha> <key_count> <keys...> <args...>` call.
+
+    The caller appends the call's `key_count` keys then its `arg_count` arguments, each packed
+    as a bulk string (`bulk`), and joins it all in one copy (the hot paths pack what repeats
+    once and keep the per-call work to that join).
+    """
+    return b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (
+        3 + key_count + arg_count,
+        bulk(sha),
+        bulk(b"%d" % key_count),
+    )
+
+
 async def execute_packed(redis: Redis, data: bytes, count: int) -> list[Any]:
     """Send `count` packed commands in one write and read their replies, in order.
 

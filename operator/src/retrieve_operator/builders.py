@@ -1,23 +1,21 @@
 """Desired state of an application's children, built by pure functions (no I/O, no kopf).
 
-Each builder takes one validated model, :class:`DeployedApplication` (the application's runtime
-config plus what the operator knows about the object: its uid and the operator-wide runtime
-defaults), and returns the manifest the operator server-side-applies. Tests call them directly.
+Each builder takes one validated model, :class:`DeployedApplication` (`deployed`: the
+application's runtime config plus what the operator knows about the object: its uid and the
+operator-wide runtime defaults), and returns the manifest the operator server-side-applies.
+Tests call them directly. The Deployments' pod spec is `pod_spec.runtime_pod_spec`, which the
+`<integration>-poll` CronJobs (`schedule_cronjobs`) share.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Any, Final, Literal
-
-from pydantic import BaseModel, ConfigDict, model_validator
 
 from retrieve_core.config import CONFIG_MAP_KEY, ApplicationConfig
 from retrieve_core.constants import (
     API_GROUP,
     API_GROUP_VERSION,
-    ENV_REDIS_URL,
     KIND_APPLICATION,
     LABEL_COMPONENT,
     LABEL_INSTANCE,
@@ -28,130 +26,44 @@ from retrieve_core.constants import (
 )
 from retrieve_core.models import ComponentSpec
 
+from .deployed import (
+    DeployedApplication,
+    RuntimeDefaults,
+    check_resources,
+    config_map_name,
+    http_route_name,
+    ingress_name,
+    receiver_name,
+    worker_name,
+)
 from .gateway import GATEWAY_API_VERSION, GATEWAY_GROUP, GATEWAY_KIND, HTTPROUTE_KIND
-from .rbac import runtime_name
+from .pod_spec import admin_probes, runtime_pod_spec
+
+# The model and the names live in `deployed`; the operator's modules and tests import them
+# from here too.
+__all__ = [
+    "DeployedApplication",
+    "RuntimeDefaults",
+    "check_resources",
+    "config_map_name",
+    "http_route_name",
+    "ingress_name",
+    "receiver_name",
+    "worker_name",
+]
 
 Manifest = dict[str, Any]
-Component = Literal["receiver", "worker", "config", "ingress", "httproute"]
+Component = Literal["receiver", "worker", "config", "ingress", "httproute", "poll"]
 
 HTTP_PORT: Final = 8080
 ADMIN_PORT: Final = 8081
 SERVICE_PORT: Final = 80
-RUNTIME_UID: Final = 65532  # the "nonroot" user of distroless-style images
 INGRESS_PATH: Final = "/integration"
 ANNOTATION_CONFIG_HASH: Final = f"{API_GROUP}/config-hash"
 ANNOTATION_CLUSTER_ISSUER: Final = "cert-manager.io/cluster-issuer"
 
-ENV_NAMESPACE: Final = "RETRIEVE_NAMESPACE"
-ENV_APPLICATION: Final = "RETRIEVE_APPLICATION"
-ENV_CONFIG_MAP: Final = "RETRIEVE_CONFIG_MAP"
-ENV_POD_NAME: Final = "POD_NAME"
 ENV_CONSOLE_TOKEN: Final = "RETRIEVE_CONSOLE_TOKEN"
 PRE_STOP_SECONDS: Final = 5
-
-
-# ------------------------------------------------------------------------------- names
-
-
-def config_map_name(app: str) -> str:
-    return f"{app}-config"
-
-
-def receiver_name(app: str) -> str:
-    return f"{app}-receiver"
-
-
-def worker_name(app: str) -> str:
-    return f"{app}-worker"
-
-
-def ingress_name(app: str) -> str:
-    return f"{app}-webhook"
-
-
-def http_route_name(app: str) -> str:
-    """The HTTPRoute has the Ingress's name: one of the two exists, never both."""
-    return f"{app}-webhook"
-
-
-# ------------------------------------------------------------------------------- models
-
-# Kubernetes' resource.Quantity syntax (apimachinery/pkg/api/resource).
-_QUANTITY = re.compile(
-    r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
-)
-_RESOURCE_SECTIONS = ("limits", "requests")
-
-
-def check_resources(resources: dict[str, Any], where: str) -> None:
-    """A container's `resources`: limits/requests of valid quantities (the API server would
-    otherwise refuse the Deployment, on apply, with a conversion error)."""
-    for section, values in resources.items():
-        if section == "claims":
-            continue
-        if section not in _RESOURCE_SECTIONS or not isinstance(values, dict):
-            raise ValueError(f"{where}.{section}: expected limits or requests (a mapping)")
-        for name, quantity in values.items():
-            text = str(quantity) if isinstance(quantity, int | float) else quantity
-            if not isinstance(text, str) or not _QUANTITY.match(text):
-                raise ValueError(f"{where}.{section}.{name}: {quantity!r} is not a quantity")
-
-
-class RuntimeDefaults(BaseModel):
-    """Operator-wide defaults for the runtime pods and the routing (from the operator's
-    environment)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    image: str
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
-    redis_url: str | None = None
-    """Used when an application sets neither `spec.redis.url` nor `spec.redis.secretKeyRef`."""
-    gateway_api: bool = False
-    """The operator may manage HTTPRoutes (chart value gatewayApi.enabled: RBAC granted)."""
-
-
-class DeployedApplication(BaseModel):
-    """One RetrieveApplication as the operator deploys it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    config: ApplicationConfig
-    uid: str
-    runtime: RuntimeDefaults
-
-    @model_validator(mode="after")
-    def _valid_resources(self) -> DeployedApplication:
-        for component in ("receiver", "worker"):
-            spec: ComponentSpec = getattr(self.config.spec, component)
-            check_resources(spec.resources, f"spec.{component}.resources")
-        return self
-
-    @model_validator(mode="after")
-    def _has_redis(self) -> DeployedApplication:
-        redis = self.config.spec.redis
-        if not (redis.url or redis.secret_key_ref or self.runtime.redis_url):
-            raise ValueError(
-                "spec.redis: set url or secretKeyRef (the operator has no default Redis URL)"
-            )
-        return self
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def namespace(self) -> str:
-        return self.config.namespace
-
-    @property
-    def webhook_enabled(self) -> bool:
-        return self.config.spec.webhook.enabled
-
-    @property
-    def gateway_routed(self) -> bool:
-        """The webhook is routed by an HTTPRoute (spec.webhook.gateway), not an Ingress."""
-        return self.config.spec.webhook.gateway is not None
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -189,127 +101,14 @@ def config_hash(config: ApplicationConfig) -> str:
     return hashlib.sha256(config.to_json().encode()).hexdigest()[:16]
 
 
-def _redis_env(app: DeployedApplication) -> dict[str, Any]:
-    redis = app.config.spec.redis
-    if redis.secret_key_ref is not None:
-        ref = redis.secret_key_ref
-        return {
-            "name": ENV_REDIS_URL,
-            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-        }
-    # DeployedApplication's validator guarantees one of the two.
-    return {"name": ENV_REDIS_URL, "value": redis.url or app.runtime.redis_url}
-
-
-def console_secret_name(app_name: str) -> str:
-    return f"{app_name}-console"
-
-
-def _env(app: DeployedApplication) -> list[dict[str, Any]]:
-    return [
-        {"name": ENV_NAMESPACE, "value": app.namespace},
-        {"name": ENV_APPLICATION, "value": app.name},
-        {"name": ENV_CONFIG_MAP, "value": config_map_name(app.name)},
-        _redis_env(app),
-        {"name": ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-    ]
-
-
-def _container_security_context() -> dict[str, Any]:
-    """The "restricted" Pod Security Standard, per container."""
-    return {
-        "runAsNonRoot": True,
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def _pod_security_context() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUNTIME_UID,
-        "runAsGroup": RUNTIME_UID,
-        "fsGroup": RUNTIME_UID,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def _probes() -> dict[str, Any]:
-    return {
-        "startupProbe": {
-            "httpGet": {"path": "/healthz", "port": "admin"},
-            "periodSeconds": 2,
-            "failureThreshold": 30,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": "admin"},
-            "periodSeconds": 10,
-            "timeoutSeconds": 2,
-            "failureThreshold": 3,
-        },
-        "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": "admin"},
-            "periodSeconds": 5,
-            "timeoutSeconds": 2,
-            "failureThreshold": 2,
-        },
-    }
-
-
-def _container(
-    app: DeployedApplication,
-    component: Literal["receiver", "worker"],
-    spec: ComponentSpec,
-    args: list[str],
-    ports: list[dict[str, Any]],
-) -> dict[str, Any]:
-    container: dict[str, Any] = {
-        "name": component,
-        "image": spec.image or app.runtime.image,
-        "command": ["retrieve", component],
-        "args": args,
-        "env": _env(app),
-        "ports": ports,
-        **_probes(),
-        "resources": spec.resources,
-        "securityContext": _container_security_context(),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-    }
-    if app.runtime.image_pull_policy:
-        container["imagePullPolicy"] = app.runtime.image_pull_policy
-    return container
-
-
-def _pod_spec(
-    component: Literal["receiver", "worker"], spec: ComponentSpec, container: dict[str, Any]
-) -> dict[str, Any]:
-    pod: dict[str, Any] = {
-        # Namespace-wide ServiceAccount: get/list/watch ConfigMaps and Secrets (rbac.py).
-        "serviceAccountName": runtime_name(component),
-        "automountServiceAccountToken": True,
-        "securityContext": _pod_security_context(),
-        "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
-    }
-    if spec.node_selector:
-        pod["nodeSelector"] = spec.node_selector
-    if spec.tolerations:
-        pod["tolerations"] = spec.tolerations
-    if spec.affinity:
-        pod["affinity"] = spec.affinity
-    return pod
-
-
 def _deployment(
     app: DeployedApplication,
-    *,
     component: Literal["receiver", "worker"],
     name: str,
     spec: ComponentSpec,
-    container: dict[str, Any],
-    strategy: dict[str, Any],
+    pod: dict[str, Any],
+    *,
+    max_unavailable: int,
 ) -> Manifest:
     # No config hash in the pod template: receivers and workers watch the ConfigMap, so a
     # whitelist or integration change must not restart pods. Only image/env/args changes do.
@@ -321,7 +120,10 @@ def _deployment(
             "replicas": spec.replicas,
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": selector_labels(app.name, component)},
-            "strategy": strategy,
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": max_unavailable, "maxSurge": 1},
+            },
             "template": {
                 "metadata": {
                     "labels": labels(app.name, component),
@@ -331,7 +133,7 @@ def _deployment(
                         "prometheus.io/path": "/metrics",
                     },
                 },
-                "spec": _pod_spec(component, spec, container),
+                "spec": pod,
             },
         },
     }
@@ -352,44 +154,55 @@ def build_config_map(app: DeployedApplication) -> Manifest:
     }
 
 
+def console_secret_name(app_name: str) -> str:
+    """The optional Secret whose `token` turns the receiver's admin console on."""
+    return f"{app_name}-console"
+
+
+def _receiver_resources(resources: dict[str, Any], processes: int) -> dict[str, Any]:
+    """With several processes and no CPU request of the user's, one CPU per process: the
+    scheduler then places the pod where its processes get the cores they are there to use."""
+    if processes <= 1 or "cpu" in resources.get("requests", {}):
+        return resources
+    return {**resources, "requests": {**resources.get("requests", {}), "cpu": str(processes)}}
+
+
 def build_receiver_deployment(app: DeployedApplication) -> Manifest:
     spec = app.config.spec.receiver
-    container = _container(
+    args = [f"--port={HTTP_PORT}", f"--admin-port={ADMIN_PORT}"]
+    if spec.processes > 1:  # only then: one process changes no existing pod template
+        args.append(f"--processes={spec.processes}")
+    pod = runtime_pod_spec(
         app,
-        "receiver",
         spec,
-        args=[f"--port={HTTP_PORT}", f"--admin-port={ADMIN_PORT}"],
+        subcommand="receiver",
+        args=args,
+        service_account="receiver",
+        # The admin console is off unless the optional Secret <app>-console holds a `token`.
+        extra_env=[
+            {
+                "name": ENV_CONSOLE_TOKEN,
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": console_secret_name(app.name),
+                        "key": "token",
+                        "optional": True,
+                    }
+                },
+            }
+        ],
+        resources=_receiver_resources(spec.resources, spec.processes),
         ports=[
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
         ],
+        probes=admin_probes(),
+        # On SIGTERM keep answering while the endpoint is removed from the Service and the
+        # Ingress controller's upstreams, so no webhook in flight meets a closed port.
+        lifecycle={"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SECONDS)]}}},
     )
-    # The admin console is off unless the optional Secret <app>-console holds a `token`.
-    container["env"].append(
-        {
-            "name": ENV_CONSOLE_TOKEN,
-            "valueFrom": {
-                "secretKeyRef": {
-                    "name": console_secret_name(app.name),
-                    "key": "token",
-                    "optional": True,
-                }
-            },
-        }
-    )
-    # On SIGTERM keep answering while the endpoint is removed from the Service and the Ingress
-    # controller's upstreams, so no webhook in flight meets a closed port.
-    container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SECONDS)]}}}
     # Never fewer ready receivers than asked for during a rollout: webhooks keep being answered.
-    strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
-    return _deployment(
-        app,
-        component="receiver",
-        name=receiver_name(app.name),
-        spec=spec,
-        container=container,
-        strategy=strategy,
-    )
+    return _deployment(app, "receiver", receiver_name(app.name), spec, pod, max_unavailable=0)
 
 
 def build_receiver_service(app: DeployedApplication) -> Manifest:
@@ -411,22 +224,16 @@ def build_receiver_service(app: DeployedApplication) -> Manifest:
 
 def build_worker_deployment(app: DeployedApplication) -> Manifest:
     spec = app.config.spec.worker
-    container = _container(
+    pod = runtime_pod_spec(
         app,
-        "worker",
         spec,
+        subcommand="worker",
         args=[f"--admin-port={ADMIN_PORT}", f"--concurrency={spec.concurrency}"],
+        service_account="worker",
         ports=[{"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
+        probes=admin_probes(),
     )
-    strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 1}}
-    return _deployment(
-        app,
-        component="worker",
-        name=worker_name(app.name),
-        spec=spec,
-        container=container,
-        strategy=strategy,
-    )
+    return _deployment(app, "worker", worker_name(app.name), spec, pod, max_unavailable=1)
 
 
 def build_ingress(app: DeployedApplication) -> Manifest:

@@ -9,8 +9,8 @@ Handlers:
   its Integrations their application is gone.
 - Integration: create/update/resume/deletion reconcile its application and every application
   with an Integration of the same id (the cluster-wide duplicate rule); a new value of the
-  replay-dead-letters annotation requeues its dead letters once (statuspoll.py).
-- RetrieveApplication status timer: its Integrations' live counters from Redis (statuspoll.py).
+  replay-dead-letters annotation requeues its dead letters once (status_refresh.py).
+- RetrieveApplication status timer: its Integrations' live counters from Redis (status_refresh.py).
 - Deployments, Services, ConfigMaps, Ingresses, CronJobs labelled as ours, and HTTPRoutes when
   the Gateway API support is on (RETRIEVE_GATEWAY_API): a change that undoes what was applied,
   a deletion, or a Gateway's new verdict on a route reconciles the owning application at once.
@@ -33,7 +33,7 @@ from retrieve_core.constants import (
     PRODUCT_NAME,
 )
 
-from . import plan
+from . import kopf_startup, kube, plan
 from .gateway import GATEWAY_API_VERSION, HTTPROUTE_PLURAL
 from .kube import KubeApi
 from .metrics import OperatorMetrics
@@ -47,7 +47,9 @@ from .settings import (
     resync_seconds,
     status_interval_seconds,
 )
-from .statuspoll import StatusPoller, replay_pending
+from .status_refresh import StatusRefresher, replay_pending
+
+kopf_startup.install()  # before the reactor starts: O(N) start-up at thousands of objects
 
 APPLICATION = (API_GROUP, API_VERSION, PLURAL_APPLICATION)
 INTEGRATION = (API_GROUP, API_VERSION, PLURAL_INTEGRATION)
@@ -66,9 +68,9 @@ def _reconciler(memo: Any) -> Reconciler:
     return reconciler
 
 
-def _status_poller(memo: Any) -> StatusPoller:
-    poller = memo["status_poller"]
-    assert isinstance(poller, StatusPoller)
+def _status_refresher(memo: Any) -> StatusRefresher:
+    poller = memo["status_refresher"]
+    assert isinstance(poller, StatusRefresher)
     return poller
 
 
@@ -94,7 +96,7 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **indexes: Any) -
     memo["reconciler"] = Reconciler(
         KubeApi.login(settings), OperatorOptions.from_env(), world, metrics=metrics
     )
-    memo["status_poller"] = StatusPoller(
+    memo["status_refresher"] = StatusRefresher(
         KubeApi.login(settings),
         world,
         default_redis_url=OperatorOptions.from_env().runtime.redis_url,
@@ -103,27 +105,36 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **indexes: Any) -
     )
 
 
+@kopf.on.login()
+async def login(*, settings: kopf.OperatorSettings, **_: Any) -> kopf.AiohttpSession:
+    # async: the session is made on the operator's loop (reading the kubeconfig is brief).
+    return kube.kopf_session(settings)
+
+
 @kopf.on.cleanup()
 async def stop(*, memo: Any, **_: Any) -> None:
     await _reconciler(memo).close()
-    await _status_poller(memo).close()
+    await _status_refresher(memo).close()
 
 
 # ----------------------------------------------------------------------------- indexes
 
 
+# async: kopf runs a plain function in a thread pool, a cost per watch event.
 @kopf.index(*APPLICATION, id=APPLICATIONS_INDEX)
-def index_application(*, body: kopf.Body, **_: Any) -> dict[AppKey, ObjectRecord]:
+async def index_application(*, body: kopf.Body, **_: Any) -> dict[AppKey, ObjectRecord]:
     return plan.index_application(body)
 
 
 @kopf.index(*INTEGRATION, id=BY_APPLICATION_INDEX)
-def index_integration_by_application(*, body: kopf.Body, **_: Any) -> dict[AppKey, ObjectRecord]:
+async def index_integration_by_application(
+    *, body: kopf.Body, **_: Any
+) -> dict[AppKey, ObjectRecord]:
     return plan.index_integration_by_application(body)
 
 
 @kopf.index(*INTEGRATION, id=BY_ID_INDEX)
-def index_integration_by_id(*, body: kopf.Body, **_: Any) -> dict[str, ObjectRecord]:
+async def index_integration_by_id(*, body: kopf.Body, **_: Any) -> dict[str, ObjectRecord]:
     return plan.index_integration_by_id(body)
 
 
@@ -144,7 +155,7 @@ async def application_resync(*, namespace: str | None, name: str, memo: Any, **_
 
 @kopf.timer(*APPLICATION, id="status", interval=STATUS_INTERVAL_SECONDS)
 async def application_status_poll(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    await _status_poller(memo).poll(_key(namespace, name))
+    await _status_refresher(memo).poll(_key(namespace, name))
 
 
 def _deleted(*, type: str, **_: Any) -> bool:
@@ -152,7 +163,10 @@ def _deleted(*, type: str, **_: Any) -> bool:
 
 
 def _drifted(*, type: str, body: kopf.Body, memo: Any, **_: Any) -> bool:
-    return _reconciler(memo).drifted(type, body) is not None
+    # Every event of a child passes here: the reconciler also keeps it as last seen, so a pass
+    # writes only what is not already as desired. (Not a kopf index: kopf would hold every
+    # child's body until all were listed, hundreds of MiB at a restart with thousands.)
+    return _reconciler(memo).child_seen(type, body) is not None
 
 
 @kopf.on.event(*APPLICATION, id="deleted", when=_deleted)
@@ -163,10 +177,14 @@ async def application_deleted(*, namespace: str | None, name: str, memo: Any, **
 # ----------------------------------------------------------------------------- integrations
 
 
-@kopf.on.resume(*INTEGRATION, id="reconcile")
 @kopf.on.create(*INTEGRATION, id="reconcile")
 async def integration_created(*, body: kopf.Body, memo: Any, **_: Any) -> None:
     await _reconciler(memo).integration_changed(plan.record_from_body(body))
+
+
+@kopf.on.resume(*INTEGRATION, id="reconcile")
+async def integration_resumed(*, body: kopf.Body, memo: Any, **_: Any) -> None:
+    await _reconciler(memo).integration_resumed(plan.record_from_body(body))
 
 
 @kopf.on.update(*INTEGRATION, id="reconcile")
@@ -189,12 +207,12 @@ def _replay_pending(*, body: kopf.Body, **_: Any) -> bool:
 # retries it.
 @kopf.on.event(*INTEGRATION, id="replay", when=_replay_pending)
 async def integration_replay(*, body: kopf.Body, memo: Any, **_: Any) -> None:
-    await _status_poller(memo).replay_requested(body, retry_later=True)
+    await _status_refresher(memo).replay_requested(body, retry_later=True)
 
 
 @kopf.timer(*INTEGRATION, id="replay-retry", interval=STATUS_INTERVAL_SECONDS, when=_replay_pending)
 async def integration_replay_retry(*, body: kopf.Body, memo: Any, **_: Any) -> None:
-    await _status_poller(memo).replay_requested(body)
+    await _status_refresher(memo).replay_requested(body)
 
 
 # ----------------------------------------------------------------------------- children

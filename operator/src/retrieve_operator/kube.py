@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -36,6 +37,11 @@ from .gateway import GATEWAY_API_VERSION, HTTPROUTE_KIND, HTTPROUTE_PLURAL
 FIELD_MANAGER: Final = "retrieve-operator"
 APPLY_CONTENT_TYPE: Final = "application/apply-patch+yaml"  # JSON is YAML
 MERGE_CONTENT_TYPE: Final = "application/merge-patch+json"
+POOL_SIZE: Final = 32  # connections to the API server per client
+# kopf's own client: a long-lived connection per watch stream (fewer than 16), the rest for its
+# annotations and Events. kopf's default pool is unbounded: a burst of thousands of patches
+# and Events opened as many TLS connections (memory here, CPU in the API server).
+KOPF_POOL_SIZE: Final = 64
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +129,27 @@ def _login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
     return info
 
 
+def kopf_session(settings: kopf.OperatorSettings) -> kopf.AiohttpSession:
+    """kopf's client (watches, its annotations, Events) on the credentials kopf would find
+    itself, with a bounded connection pool. kopf closes it on a new login."""
+    info = _login(settings)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        auth = info.as_aiohttp_basic_auth()
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=KOPF_POOL_SIZE, ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(),
+        auth=auth,
+    )
+    return kopf.AiohttpSession(
+        server=info.server,
+        default_namespace=info.default_namespace,
+        priority=info.priority,
+        expiration=info.expiration,
+        aiohttp_session=session,
+    )
+
+
 class KubeApi:
     """A small async client for the few calls the reconciler makes."""
 
@@ -135,7 +162,9 @@ class KubeApi:
     ) -> None:
         self._info = login
         self._settings = settings or kopf.OperatorSettings()
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # Per request on the wire, not in total: with thousands of objects, requests queue for
+        # one of the pool's connections, and that wait is no sign of a stuck API server.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -147,7 +176,7 @@ class KubeApi:
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=32, ssl=self._info.as_ssl_context()),
+                connector=aiohttp.TCPConnector(limit=POOL_SIZE, ssl=self._info.as_ssl_context()),
                 headers={**self._info.as_http_headers(), "User-Agent": FIELD_MANAGER},
                 timeout=self._timeout,
             )
@@ -177,6 +206,13 @@ class KubeApi:
                 ) as response:
                     text = await response.text()
                     status = response.status
+            except aiohttp.ServerDisconnectedError as exc:
+                # A kept-alive connection the API server closed meanwhile: the request did not
+                # get an answer; each of ours may be sent again (apply, merge patch, GET, and a
+                # DELETE with a uid precondition are idempotent).
+                if attempt == 0:
+                    continue
+                raise KubeError(0, f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise KubeError(0, f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
             if status == 401 and attempt == 0:
@@ -272,6 +308,13 @@ class KubeApi:
         return code != 404
 
     # ----------------------------------------------------------------------- reads
+
+    async def get(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> dict[str, Any] | None:
+        """One object, None when it does not exist."""
+        _, body = await self._request("GET", object_path(api_version, kind, namespace, name))
+        return body
 
     async def secret_keys(self, namespace: str, name: str) -> frozenset[str] | None:
         """The keys of a Secret, None when it does not exist. Values are never kept."""

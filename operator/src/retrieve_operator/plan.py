@@ -9,14 +9,18 @@ and writes the statuses this module computes.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from pydantic import ValidationError
 
 from retrieve_core.config import ApplicationConfig, IntegrationConfig
 from retrieve_core.constants import (
+    API_GROUP,
     CONDITION_READY,
     REASON_APPLICATION_NOT_FOUND,
     REASON_DUPLICATE_INTEGRATION_ID,
@@ -43,6 +47,11 @@ REASON_APPLICATION_NOT_READY = "ApplicationNotReady"
 
 AppKey = tuple[str, str]
 """(namespace, application name)"""
+ChildKey = tuple[str, str, str, str]
+"""(apiVersion, kind, namespace, name)"""
+
+# On each child: a digest of the desired state it was applied with (see `with_digest`).
+ANNOTATION_DESIRED_DIGEST = f"{API_GROUP}/desired-digest"
 
 
 # ------------------------------------------------------------------------------- records
@@ -60,6 +69,7 @@ class ObjectRecord:
     spec: Mapping[str, Any] = field(default_factory=dict)
     status: Mapping[str, Any] = field(default_factory=dict)
     deleting: bool = False
+    resource_version: str = ""
 
     @property
     def key(self) -> AppKey:
@@ -74,6 +84,15 @@ class ObjectRecord:
     def app_key(self) -> AppKey:
         return (self.namespace, self.application)
 
+    @cached_property
+    def integration_spec(self) -> IntegrationSpec | str:
+        """For an Integration: its validated spec, or why it is invalid (validated once per
+        record, that is once per version of the object, not on every pass)."""
+        try:
+            return IntegrationSpec.model_validate(self.spec)
+        except ValidationError as exc:
+            return format_validation_error(exc)
+
 
 def record_from_body(body: Mapping[str, Any]) -> ObjectRecord:
     meta = body.get("metadata") or {}
@@ -87,6 +106,7 @@ def record_from_body(body: Mapping[str, Any]) -> ObjectRecord:
         spec=copy.deepcopy(dict(body.get("spec") or {})),
         status=copy.deepcopy(dict(body.get("status") or {})),
         deleting=bool(meta.get("deletionTimestamp")),
+        resource_version=str(meta.get("resourceVersion") or ""),
     )
 
 
@@ -107,13 +127,29 @@ def index_application(body: Mapping[str, Any]) -> dict[AppKey, ObjectRecord]:
 
 
 def index_integration_by_application(body: Mapping[str, Any]) -> dict[AppKey, ObjectRecord]:
-    record = record_from_body(body)
+    record = _shared_record(body)
     return {record.app_key: record}
 
 
 def index_integration_by_id(body: Mapping[str, Any]) -> dict[str, ObjectRecord]:
-    record = record_from_body(body)
+    record = _shared_record(body)
     return {integration_id_of(record): record}
+
+
+_last_record: list[ObjectRecord] = []
+
+
+def _shared_record(body: Mapping[str, Any]) -> ObjectRecord:
+    """One record for both Integration indexes (kopf calls them one after the other with the
+    same version of the object): half the memory, and its spec validated once."""
+    meta = body.get("metadata") or {}
+    if _last_record:
+        last = _last_record[0]
+        if last.uid == meta.get("uid") and last.resource_version == meta.get("resourceVersion"):
+            return last
+    record = record_from_body(body)
+    _last_record[:] = [record]
+    return record
 
 
 # ------------------------------------------------------------------------------- duplicates
@@ -173,10 +209,7 @@ def secret_names(specs: Iterable[IntegrationSpec]) -> set[str]:
 
 def parse_integration(record: ObjectRecord) -> IntegrationSpec | str:
     """The validated spec, or why it is invalid."""
-    try:
-        return IntegrationSpec.model_validate(record.spec)
-    except ValidationError as exc:
-        return format_validation_error(exc)
+    return record.integration_spec
 
 
 # ------------------------------------------------------------------------------- plans
@@ -432,3 +465,41 @@ def covers(actual: Any, desired: Any) -> bool:
             covers(a, d) for a, d in zip(actual, desired, strict=True)
         )
     return bool(actual == desired)
+
+
+# ------------------------------------------------------------------------------- children
+
+
+def child_key(manifest: Mapping[str, Any]) -> ChildKey:
+    meta = manifest.get("metadata") or {}
+    return (
+        str(manifest.get("apiVersion")),
+        str(manifest.get("kind")),
+        str(meta.get("namespace")),
+        str(meta.get("name")),
+    )
+
+
+def with_digest(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest, annotated with a digest of itself.
+
+    A child that `covers` this manifest needs no apply: it has every field we set, and its
+    digest says it was applied with exactly this desired state, so no field we stopped setting
+    lingers on it (a changed desired state changes the digest, and the apply removes the
+    field). That is what lets a restarted operator converge without a single write.
+    """
+    material = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    meta = dict(manifest.get("metadata") or {})
+    meta["annotations"] = {
+        **(meta.get("annotations") or {}),
+        ANNOTATION_DESIRED_DIGEST: hashlib.sha256(material.encode()).hexdigest()[:32],
+    }
+    return {**manifest, "metadata": meta}
+
+
+def seen_child(body: Mapping[str, Any]) -> tuple[ChildKey, str]:
+    """A child as the reconciler keeps it: JSON text (compact in memory, parsed when a pass
+    needs it), without its managedFields."""
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    trimmed = {**body, "metadata": meta}
+    return child_key(trimmed), json.dumps(trimmed, separators=(",", ":"))

@@ -6,6 +6,10 @@ world (kopf's indexes, Secrets, rewrite-test results), plans with the pure funct
 ``plan.py``, server-side-applies every child, deletes what must not exist, and rebuilds every
 status. Concurrent requests for one application are serialised and coalesced: a request that
 waited while a pass started after it was made is already served by that pass.
+
+One module of ~600 lines on purpose: the pass reads top to bottom in the order its writes
+happen (RBAC, children, prunes, statuses, Events); what it decides is in the pure `plan.py`
+and `builders.py`, and what it writes goes through `kube.py`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, TypeVar
 
 import kopf
@@ -26,7 +30,6 @@ from pydantic import ValidationError
 from retrieve_core.config import ApplicationConfig
 from retrieve_core.constants import (
     API_GROUP_VERSION,
-    CONDITION_READY,
     KIND_APPLICATION,
     KIND_INTEGRATION,
     LABEL_INSTANCE,
@@ -36,7 +39,7 @@ from retrieve_core.constants import (
     REASON_WEBHOOK_DISABLED,
 )
 from retrieve_core.models import IntegrationSpec
-from retrieve_core.sandbox import run_rewrite_tests
+from retrieve_core.rewrite_examples import run_rewrite_tests
 
 from . import kube
 from .builders import (
@@ -46,7 +49,7 @@ from .builders import (
     build_children,
     config_map_name,
 )
-from .conditions import Condition, find_condition, now_rfc3339
+from .conditions import Condition, find_condition, merge_condition, now_rfc3339
 from .gateway import HTTPROUTE_KIND, gateway_api_not_installed, route_problem
 from .kube import (
     Applied,
@@ -57,13 +60,21 @@ from .kube import (
     NamespaceTerminating,
 )
 from .metrics import OperatorMetrics
+from .notifyevents import (
+    CONDITION_NOTIFICATIONS_READY,
+    notification_secret_names,
+    notifications_condition,
+    notifications_of,
+)
 from .plan import (
     AppKey,
     ApplicationPlan,
+    ChildKey,
     Facts,
     IntegrationPlan,
     ObjectRecord,
     application_status,
+    child_key,
     covers,
     integration_id_of,
     integration_status,
@@ -72,11 +83,13 @@ from .plan import (
     plan_application,
     plan_missing_application,
     secret_names,
+    seen_child,
     status_patch_needed,
+    with_digest,
     with_route_problem,
 )
 from .rbac import runtime_rbac_objects
-from .schedules import (
+from .schedule_cronjobs import (
     CRONJOB_API_VERSION,
     CRONJOB_KIND,
     build_poll_cronjobs,
@@ -88,12 +101,11 @@ from .settings import OperatorOptions
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-ChildKey = tuple[str, str, str, str]
-"""(apiVersion, kind, namespace, name)"""
 
 STATUS_WRITERS: Final = 16
 REWRITE_TEST_RUNNERS: Final = 2
 REWRITE_CACHE_SIZE: Final = 2048
+WRITTEN_STATUS_CACHE_SIZE: Final = 20_000
 RETRY_DELAY: Final = 5.0
 FORBIDDEN_RETRY_DELAY: Final = 30.0
 # Not-ready reasons that are a user's choice or a passing state, not a problem: posted as
@@ -121,16 +133,6 @@ class World:
 
     def claimant_apps(self, integration_id: str) -> set[AppKey]:
         return {r.app_key for r in self.integrations_by_id.get(integration_id, ())}
-
-
-def _child_key(manifest: Mapping[str, Any]) -> ChildKey:
-    meta = manifest.get("metadata") or {}
-    return (
-        str(manifest.get("apiVersion")),
-        str(manifest.get("kind")),
-        str(meta.get("namespace")),
-        str(meta.get("name")),
-    )
 
 
 def _rewrite_digest(spec: IntegrationSpec) -> str | None:
@@ -168,11 +170,16 @@ class Reconciler:
         self._served: dict[AppKey, int] = {}
         self._outcome: dict[AppKey, Condition] = {}
         self._desired: dict[ChildKey, Manifest] = {}
+        self._seen: dict[ChildKey, str] = {}  # children as last seen (plan.seen_child)
         self._versions: dict[ChildKey, str] = {}
         # What each HTTPRoute's status.parents said when last reflected in its app's status:
         # a Gateway's new verdict (a status-only change) is a reason to reconcile.
         self._route_verdicts: dict[ChildKey, Condition | None] = {}
-        self._rbac_ready: set[str] = set()
+        # uid -> (the resourceVersion a status patch was made over, the status then): until
+        # the watch delivers the patch, a pass plans from this, not from the stale index.
+        self._written: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
+        self._rbac_locks: dict[str, asyncio.Lock] = {}
+        self._rbac_checked: dict[str, float] = {}  # namespace -> when its RBAC was checked
         self._rewrite_results: OrderedDict[str, str | None] = OrderedDict()
         self._rewrite_slots = asyncio.Semaphore(REWRITE_TEST_RUNNERS)
         self._status_slots = asyncio.Semaphore(STATUS_WRITERS)
@@ -205,6 +212,15 @@ class Reconciler:
         self._outcome.pop(key, None)
         await self.reconcile(key)
 
+    async def integration_resumed(self, record: ObjectRecord) -> None:
+        """The operator (re)started: the applications' own resume makes the passes that cover
+        their Integrations, so only an Integration whose application is missing needs one
+        (at thousands of Integrations, their handlers finish at once instead of queueing for
+        their application's pass, and kopf lets go of their bodies sooner)."""
+        app = self.world.application(record.app_key)
+        if app is None or app.deleting:
+            await self.integration_changed(record)
+
     async def integration_changed(
         self, record: ObjectRecord, old_spec: Mapping[str, Any] | None = None
     ) -> None:
@@ -222,6 +238,16 @@ class Reconciler:
             keys |= self.world.claimant_apps(integration_id_of(r))
         await self._gather(self.reconcile(key) for key in sorted(keys))
 
+    def child_seen(self, event_type: str | None, body: Mapping[str, Any]) -> AppKey | None:
+        """Every event of a child: keep it as last seen (a pass writes only the children that
+        are not already as desired), and say which application to reconcile for it, if any."""
+        key, text = seen_child(body)
+        if event_type == "DELETED":
+            self._seen.pop(key, None)
+        else:
+            self._seen[key] = text
+        return self.drifted(event_type, body)
+
     def drifted(self, event_type: str | None, body: Mapping[str, Any]) -> AppKey | None:
         """The application to reconcile for a child's event: deleted, or no longer as applied.
 
@@ -236,7 +262,7 @@ class Reconciler:
         if event_type is None or app is None or app.deleting:
             return None
         if event_type != "DELETED":
-            child = _child_key(body)
+            child = child_key(body)
             desired = self._desired.get(child)
             if desired is not None and covers(body, desired) and not self._new_verdict(body):
                 return None
@@ -244,7 +270,7 @@ class Reconciler:
 
     def _new_verdict(self, body: Mapping[str, Any]) -> bool:
         """An HTTPRoute whose Gateways now say something else than what was reflected."""
-        child = _child_key(body)
+        child = child_key(body)
         if child[1] != HTTPROUTE_KIND or child not in self._route_verdicts:
             return False
         return route_problem(body) != self._route_verdicts[child]
@@ -289,13 +315,16 @@ class Reconciler:
     async def _reconcile(self, key: AppKey, *, resync: bool) -> None:
         namespace, name = key
         app = self.world.application(key)
-        members = self.world.integrations(key)
+        members = [self._as_written(r) for r in self.world.integrations(key)]
+        if app is not None:
+            app = self._as_written(app)
         if app is None or app.deleting:
             self._outcome.pop(key, None)
             await self._write_integrations(plan_missing_application(members, namespace, name))
             return
 
-        facts = await self._facts(app, members)
+        notifications = notifications_of(app.spec)
+        facts = await self._facts(app, members, notification_secret_names(notifications))
         plan = plan_application(
             app,
             members,
@@ -311,17 +340,20 @@ class Reconciler:
             else:
                 plan = with_route_problem(plan, route)
         self._outcome[key] = plan.condition
-        await self._write_statuses(plan)
+        notified = notifications_condition(notifications, facts.secret_keys)
+        await self._write_statuses(plan, notified if plan.deployed is not None else None)
 
     # ------------------------------------------------------------------- facts
 
-    async def _facts(self, app: ObjectRecord, members: Iterable[ObjectRecord]) -> Facts:
+    async def _facts(
+        self, app: ObjectRecord, members: Iterable[ObjectRecord], more_secrets: set[str]
+    ) -> Facts:
         specs: dict[str, IntegrationSpec] = {}
         for record in members:
             parsed = parse_integration(record)
             if isinstance(parsed, IntegrationSpec):
                 specs[record.uid] = parsed
-        names = sorted(secret_names(specs.values()))
+        names = sorted(secret_names(specs.values()) | more_secrets)
         keys = await self._gather(self.api.secret_keys(app.namespace, n) for n in names)
         failures = {
             uid: failure
@@ -366,10 +398,8 @@ class Reconciler:
         """Apply the children, delete the unwanted ones; why the HTTPRoute (if the application
         has one) does not carry webhooks yet, or None."""
         namespace = deployed.namespace
-        if self.options.manage_runtime_rbac and (resync or namespace not in self._rbac_ready):
-            for manifest in runtime_rbac_objects(namespace):  # ServiceAccount before its binding
-                await self.api.apply(manifest)
-            self._rbac_ready.add(namespace)
+        if self.options.manage_runtime_rbac:
+            await self._ensure_rbac(namespace, resync=resync)
         children = build_children(deployed)
         routes = [c for c in children if c["kind"] == HTTPROUTE_KIND]
         await self._gather(self._apply_child(deployed, c) for c in children if c not in routes)
@@ -384,13 +414,31 @@ class Reconciler:
         await self._apply_schedules(deployed)
         return problem
 
+    async def _ensure_rbac(self, namespace: str, *, resync: bool) -> None:
+        """The namespace's runtime RBAC (rbac.py): checked by the first pass in the namespace
+        (and again by a resync), one pass at a time; what is already as desired is not
+        written."""
+        async with self._rbac_locks.setdefault(namespace, asyncio.Lock()):
+            checked = self._rbac_checked.get(namespace)
+            if checked is not None and (
+                not resync or time.monotonic() - checked < self.options.resync_seconds / 2
+            ):
+                return
+            for manifest in runtime_rbac_objects(namespace):  # ServiceAccount before its binding
+                desired = with_digest(manifest)
+                api_version, kind, _, name = child_key(desired)
+                current = await self.api.get(api_version, kind, namespace, name)
+                if current is None or not covers(current, desired):
+                    await self.api.apply(desired)
+            self._rbac_checked[namespace] = time.monotonic()
+
     async def _apply_route(
         self, deployed: DeployedApplication, route: Manifest
     ) -> Condition | None:
         """The HTTPRoute, applied; what its Gateways said of it (status.parents). Without the
         Gateway API CRDs the application says so and the rest keeps working; the resync
         tries again (kopf starts watching HTTPRoutes once their CRD appears)."""
-        key = _child_key(route)
+        key = child_key(route)
         try:
             applied = await self._apply_child(deployed, route)
         except KindNotServed:
@@ -400,13 +448,22 @@ class Reconciler:
         self._route_verdicts[key] = problem
         return problem
 
+    async def _current(self, key: ChildKey) -> dict[str, Any] | None:
+        """The child as last seen on its watch, else as the API server has it (a restart's
+        first pass may come before the watch has listed it)."""
+        text = self._seen.get(key)
+        if text is not None:
+            seen: dict[str, Any] = json.loads(text)
+            return seen
+        return await self.api.get(*key)
+
     def _forget(self, child: ChildKey) -> None:
         self._desired.pop(child, None)
         self._versions.pop(child, None)
         self._route_verdicts.pop(child, None)
 
     async def _apply_schedules(self, deployed: DeployedApplication) -> None:
-        """`<integration>-poll` CronJobs (schedules.py): applied, pruned once unwanted."""
+        """`<integration>-poll` CronJobs (schedule_cronjobs.py): applied, pruned once unwanted."""
         await self._gather(self._apply_child(deployed, c) for c in build_poll_cronjobs(deployed))
         namespace, selector = deployed.namespace, poll_selector(deployed.name)
         existing = await self.api.list_names(CRONJOB_API_VERSION, CRONJOB_KIND, namespace, selector)
@@ -418,10 +475,21 @@ class Reconciler:
                 self._event(deployed, False, "Deleted", f"Deleted CronJob {name}: no schedule")
 
     async def _apply_child(self, deployed: DeployedApplication, manifest: Manifest) -> Applied:
-        key = _child_key(manifest)
+        """Server-side apply, unless the child as last seen is already what we want (plan.
+        with_digest): a pass that changes nothing writes nothing, also after a restart."""
+        desired = with_digest(manifest)
+        key = child_key(desired)
         before = self._versions.get(key)
-        self._desired[key] = manifest
-        applied = await self.api.apply(manifest)
+        self._desired[key] = desired
+        current = await self._current(key)
+        if (
+            current is not None
+            and not (current.get("metadata") or {}).get("deletionTimestamp")
+            and covers(current, desired)
+        ):
+            applied = Applied(body=current, created=False)
+        else:
+            applied = await self.api.apply(desired)
         self._versions[key] = applied.version
         kind, name = key[1], key[3]
         if applied.created:
@@ -440,15 +508,29 @@ class Reconciler:
 
     # ------------------------------------------------------------------- status
 
-    async def _write_statuses(self, plan: ApplicationPlan) -> None:
+    async def _write_statuses(
+        self, plan: ApplicationPlan, notifications: Condition | None = None
+    ) -> None:
+        """The application's status (Ready, and `NotificationsReady` while it has
+        notifications: notifyevents.py) and its Integrations'."""
         now = now_rfc3339()
         record = plan.record
         status = application_status(plan, now)
-        if status_patch_needed(record.status, status):
-            await self.api.patch_status(
-                API_GROUP_VERSION, KIND_APPLICATION, record.namespace, record.name, status
+        if notifications is not None:
+            status["conditions"] = merge_condition(
+                status["conditions"], notifications, generation=record.generation, now=now
             )
+        else:
+            status["conditions"] = [
+                c for c in status["conditions"] if c.get("type") != CONDITION_NOTIFICATIONS_READY
+            ]
+        if status_patch_needed(record.status, status):
+            await self._patch_status(KIND_APPLICATION, record, status)
             self._transition_event(KIND_APPLICATION, record, plan.condition)
+            # An Event when notifications turn unsendable, and when they are fixed.
+            known = find_condition(record.status.get("conditions"), CONDITION_NOTIFICATIONS_READY)
+            if notifications is not None and (known is not None or not notifications.status):
+                self._transition_event(KIND_APPLICATION, record, notifications)
         await self._write_integrations(plan.integrations, now)
 
     async def _write_integrations(
@@ -462,16 +544,36 @@ class Reconciler:
                 return
             record = plan.record
             async with self._status_slots:
-                await self.api.patch_status(
-                    API_GROUP_VERSION, KIND_INTEGRATION, record.namespace, record.name, status
-                )
+                await self._patch_status(KIND_INTEGRATION, record, status)
             self._transition_event(KIND_INTEGRATION, record, plan.condition)
 
         await self._gather(write(p) for p in plans)
 
+    async def _patch_status(self, kind: str, record: ObjectRecord, status: dict[str, Any]) -> None:
+        await self.api.patch_status(API_GROUP_VERSION, kind, record.namespace, record.name, status)
+        written = {k: v for k, v in {**record.status, **status}.items() if v is not None}
+        self._written[record.uid] = (record.resource_version, written)
+        self._written.move_to_end(record.uid)
+        while len(self._written) > WRITTEN_STATUS_CACHE_SIZE:
+            self._written.popitem(last=False)
+
+    def _as_written(self, record: ObjectRecord) -> ObjectRecord:
+        """The record with the status this operator patched over its version, while the watch
+        has not delivered that patch yet: a pass in between plans from what is really there
+        (else it would write the same status again, with a new transition time)."""
+        written = self._written.get(record.uid)
+        if written is None:
+            return record
+        version, status = written
+        if version != record.resource_version:  # the index has caught up
+            del self._written[record.uid]
+            return record
+        return replace(record, status=status)
+
     def _transition_event(self, kind: str, record: ObjectRecord, condition: Condition) -> None:
-        """An Event when the Ready condition's status or reason changes."""
-        old = find_condition(record.status.get("conditions"), CONDITION_READY)
+        """An Event when a condition's (Ready's, NotificationsReady's) status or reason
+        changes."""
+        old = find_condition(record.status.get("conditions"), condition.type)
         if (
             old
             and old.get("status") == condition.status_text

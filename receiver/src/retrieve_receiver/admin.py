@@ -8,6 +8,11 @@ payloads or changes state, so `admin_guard` asks for more (SECURITY.md, "Admin p
   sends its own name and is refused;
 - the console token (`RETRIEVE_CONSOLE_TOKEN`) as `Authorization: Bearer` or the console's
   cookie; without a configured token these endpoints stay closed.
+
+Its connections are bounded like the public port's (`connections`), with a cap of their own
+(`admin_max_connections`): a request head within `header_timeout`, a body within
+`body_timeout` (408), idle keep-alive connections closed after `idle_timeout`. Serve the app
+with `admin_site`.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from retrieve_core.connections import ConnectionGuard, GuardedSite
 from retrieve_core.logstore import LogStore
 from retrieve_core.provider import ConfigProvider
 from retrieve_core.redisclient import RedisClient
 
-from .app import make_redis
+from .app import MSG_BODY_TIMEOUT, make_redis
 from .console import ConsoleSettings, setup_console, token_presented
 from .errors import failure
 from .metrics import ReceiverMetrics
@@ -34,12 +40,15 @@ from .settings import ReceiverSettings
 MAX_LOG_LIMIT = 1000
 DEFAULT_LOG_LIMIT = 50
 READY_PROBE_TTL_MS = 60_000
+ADMIN_MAX_BODY_BYTES = 64 * 1024
+"""Admin requests carry small bodies at most (the console's replay): larger ones get a 413."""
 
 ADMIN_SETTINGS_KEY = web.AppKey("admin-settings", ReceiverSettings)
 ADMIN_PROVIDER_KEY = web.AppKey("admin-provider", ConfigProvider)
 ADMIN_METRICS_KEY = web.AppKey("admin-metrics", ReceiverMetrics)
 ADMIN_REDIS_KEY: web.AppKey[RedisClient] = web.AppKey("admin-redis")
 ADMIN_TOKEN_KEY = web.AppKey("admin-token", str)
+ADMIN_GUARD_KEY = web.AppKey("admin-connection-guard", ConnectionGuard)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 MSG_HOST_REFUSED = "Host not allowed on the admin port"
@@ -156,7 +165,17 @@ def host_allowed(host: str | None, allowed: tuple[str, ...]) -> bool:
 
 @web.middleware
 async def admin_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Open paths pass; the rest needs an allowed Host and the console token."""
+    """Open paths pass; the rest needs an allowed Host and the console token. A body is read
+    within `body_timeout` before any handler runs."""
+    guard = request.app[ADMIN_GUARD_KEY]
+    guard.head_received(request.transport)  # the head is in: its deadline no longer runs
+    try:
+        return await _checked(request, handler)
+    finally:
+        guard.answered(request.transport)
+
+
+async def _checked(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path not in OPEN_PATHS:
         if not host_allowed(request.host, request.app[ADMIN_SETTINGS_KEY].admin_hosts):
             return failure(403, MSG_HOST_REFUSED)
@@ -166,9 +185,26 @@ async def admin_guard(request: web.Request, handler: Handler) -> web.StreamRespo
         if not console and (token is None or not token_presented(request, token)):
             return failure(401, MSG_TOKEN_REQUIRED)
     try:
+        if request.body_exists:
+            # Read (and kept for the handler) before it runs, under the body deadline; an
+            # answer given without reading it (401, 403 above) leaves the rest to aiohttp's
+            # lingering, bounded in time too.
+            seconds = request.app[ADMIN_SETTINGS_KEY].body_timeout
+            try:
+                async with asyncio.timeout(seconds or None):
+                    await request.read()
+            except TimeoutError:
+                response = failure(408, MSG_BODY_TIMEOUT.format(seconds=seconds))
+                response.force_close()  # a sender that slow gets no second request here
+                return response
         return await handler(request)
     except web.HTTPException as exc:
         return failure(exc.status, exc.reason)
+
+
+def admin_site(runner: web.AppRunner, host: str, port: int) -> GuardedSite:
+    """The admin app's listener, its connections bounded by the app's `ConnectionGuard`."""
+    return GuardedSite(runner, host, port, runner.app[ADMIN_GUARD_KEY])
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -190,7 +226,12 @@ def init_admin_app(
     The web console is mounted at `/console/` when `console` is given or, by default, when
     `RETRIEVE_CONSOLE_TOKEN` is set; otherwise `/console/` answers 404.
     """
-    app = web.Application(middlewares=[admin_guard])
+    app = web.Application(
+        middlewares=[admin_guard],
+        client_max_size=ADMIN_MAX_BODY_BYTES,
+        handler_args={"keepalive_timeout": settings.idle_timeout},
+    )
+    app[ADMIN_GUARD_KEY] = ConnectionGuard(settings.admin_max_connections, settings.header_timeout)
     app[ADMIN_SETTINGS_KEY] = settings
     app[ADMIN_PROVIDER_KEY] = provider
     app[ADMIN_METRICS_KEY] = metrics if metrics is not None else ReceiverMetrics()

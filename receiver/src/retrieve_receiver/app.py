@@ -3,6 +3,10 @@
 Checks run in the contract's order (DESIGN.md): sender whitelist, integration, size, signature,
 parse, (dedupe), enqueue. Refusals are `WebhookError`s; `answered`, around every route, turns
 every error into the contract's JSON, writes the request's log record and counts it.
+
+One module of ~600 lines on purpose: it is the request path, read top to bottom in the
+contract's order; the parts that stand alone (whitelist, dns, parsing, signatures, content
+coding, rate limits, routing, connection bounds) are their own modules.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pydantic_core import PydanticSerializationError
 from redis.exceptions import RedisError
 
 from retrieve_core.config import IntegrationConfig
+from retrieve_core.connections import ConnectionGuard
 from retrieve_core.constants import (
     MSG_DISABLED,
     MSG_INVALID_JSON,
@@ -50,8 +55,8 @@ from retrieve_core.models import NotificationEvent
 from retrieve_core.notifications import note_unauthorized
 from retrieve_core.provider import ConfigProvider
 from retrieve_core.redisclient import RedisClient, Timeouts, connect_redis
+from retrieve_core.supervision import Beat, Supervisor
 
-from .connections import ConnectionGuard
 from .content_coding import CodingMismatch, UnsupportedCoding, content_coding, decode_body
 from .dns import FcrdnsVerifier, make_resolver
 from .errors import WebhookError, failure, success
@@ -135,30 +140,40 @@ async def _dns_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _trim_logs_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Keep each application's log records within their count and age bounds."""
+    """Keep each application's log records within their count and age bounds.
+
+    A supervised loop (retrieve_core.supervision): a round that failed for some application is
+    logged once until a round succeeds, restarted with backoff, and shown in `/metrics`
+    (`retrieve_receiver_loop_up{loop="log-trim"}`); it is not part of `/readyz`, since webhooks
+    are still accepted meanwhile (the enqueue keeps the count bound on its own).
+    """
 
     # A stop flag besides cancel(): redis-py can swallow a cancellation that lands mid-command.
     stop = asyncio.Event()
 
-    async def trim_forever() -> None:
+    async def trim_forever(beat: Beat) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), LOG_TRIM_INTERVAL)
             if stop.is_set():
                 return
+            failed: list[str] = []
             for route in app[ROUTES_KEY].current().apps:
                 try:
                     store = LogStore(app[REDIS_KEY], route.keys)
                     await store.trim(route.log_max_records, route.log_max_age_seconds)
                 except (RedisError, OSError) as exc:
-                    log.warning("could not trim the logs of %s: %s", route.label, exc)
+                    failed.append(f"{route.label}: {exc}")
+            if failed:  # the others were trimmed
+                raise RedisError(f"could not trim the logs of {'; '.join(failed)}")
+            beat()
 
-    task = asyncio.create_task(trim_forever(), name="retrieve-log-trim")
+    supervisor = Supervisor(app[METRICS_KEY].registry, "retrieve_receiver")
+    supervisor.start("log-trim", trim_forever, required=False)
     yield
     stop.set()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-        await asyncio.wait_for(task, 5)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(supervisor.stop(), 5)
 
 
 # ---------------------------------------------------------------- log records
@@ -360,8 +375,11 @@ async def _receive(request: web.Request, *, xml_route: bool) -> web.Response:
         raise refuse(415, MSG_UNSUPPORTED_ENCODING.format(coding=exc.coding)) from None
     body_timeout = request.app[SETTINGS_KEY].body_timeout
     try:
-        async with asyncio.timeout(body_timeout or None):
+        if request.content.is_eof():  # all of it came with the head: no wait to bound
             body = await read_body(request, app.max_body_bytes)
+        else:
+            async with asyncio.timeout(body_timeout or None):
+                body = await read_body(request, app.max_body_bytes)
     except OverflowError:
         raise refuse(413, MSG_TOO_LARGE.format(limit=app.max_body_bytes)) from None
     except TimeoutError:
@@ -427,6 +445,7 @@ async def _receive(request: web.Request, *, xml_route: bool) -> web.Response:
         body=body,
         payload_limit=app.log_payload_bytes,
         log_max_age_seconds=app.log_max_age_seconds,
+        log_max_records=app.log_max_records,
         dedupe_id=_delivery_id(target, request, payload),
         dedupe_ttl_seconds=target.dedupe.ttl_seconds if target.dedupe else 0,
         wait=app.wait,

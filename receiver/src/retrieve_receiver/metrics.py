@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import urllib.request
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 # Accepting a webhook takes about a millisecond: resolve well below that and up to timeouts.
@@ -75,3 +83,61 @@ class ReceiverMetrics:
             registry=self.registry,
         )
         self.observe = self.requests.observe
+
+
+class ProcessSource(NamedTuple):
+    """One receiver process of a supervisor: its number, PID and loopback metrics URL."""
+
+    process: int
+    pid: int
+    metrics_url: str
+
+
+class ProcessGroupCollector(Collector):
+    """The metrics of several receiver processes (`retrieve receiver --processes N`) as one.
+
+    Read from each process's loopback admin port when scraped, each sample labelled with the
+    process index (`process="0"`...), so counters are never summed behind Prometheus's back nor
+    shown for one process only; `retrieve_receiver_process_up{process,pid}` says which answered.
+    The blocking reads are fine: the supervisor's loop serves nothing but the admin port.
+    """
+
+    def __init__(
+        self, sources: Callable[[], Sequence[ProcessSource]], timeout: float = 2.0
+    ) -> None:
+        self._sources = sources
+        self._timeout = timeout
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "retrieve_receiver_process_up",
+            "1 if the receiver process answered this scrape, by process index and PID.",
+            labels=["process", "pid"],
+        )
+        merged: dict[str, Metric] = {}
+        for source in self._sources():
+            try:
+                with urllib.request.urlopen(source.metrics_url, timeout=self._timeout) as answer:
+                    text = answer.read().decode()
+            except OSError:
+                up.add_metric([str(source.process), str(source.pid)], 0)
+                continue
+            up.add_metric([str(source.process), str(source.pid)], 1)
+            for family in text_string_to_metric_families(text):
+                target = merged.get(family.name)
+                if target is None:
+                    target = Metric(family.name, family.documentation, family.type, family.unit)
+                    merged[family.name] = target
+                for sample in family.samples:
+                    labels = {**sample.labels, "process": str(source.process)}
+                    target.add_sample(sample.name, labels, sample.value, sample.timestamp)
+        yield up
+        yield from merged.values()
+
+
+def process_group_metrics(sources: Callable[[], Sequence[ProcessSource]]) -> ReceiverMetrics:
+    """Metrics of a supervisor: what its admin port shows is its processes' (see above)."""
+    metrics = ReceiverMetrics()  # the supervisor answers no webhook: its own stay unexported
+    metrics.registry = CollectorRegistry()
+    metrics.registry.register(ProcessGroupCollector(sources))
+    return metrics

@@ -10,6 +10,7 @@ from typing import Any
 from retrieve_core.constants import (
     DEFAULT_MAX_BODY_BYTES,
     ENV_ADMIN_HOSTS,
+    ENV_ADMIN_MAX_CONNECTIONS,
     ENV_ALLOWED_LIST,
     ENV_BODY_TIMEOUT,
     ENV_DNS_SERVERS,
@@ -54,6 +55,10 @@ class ReceiverSettings:
     max_connections: int = 2048
     """Open connections on the public port at once; past it a new one gets a 503 and is closed
     (`RETRIEVE_MAX_CONNECTIONS`, 0: no cap)."""
+    admin_max_connections: int = 256
+    """The same cap on the admin port, counted apart so that a flood of either port never
+    locks out the other (`RETRIEVE_ADMIN_MAX_CONNECTIONS`, 0: no cap); the timeouts above apply
+    to both ports."""
     rejected_payload_bytes: int = 1024
     """Of a refused request's body, at most this many bytes go into its log record (and never
     more than the application's `webhookLogs.payloadBytes`) (`RETRIEVE_REJECTED_PAYLOAD_BYTES`)."""
@@ -66,7 +71,7 @@ class ReceiverSettings:
         """Settings from `RETRIEVE_REDIS_URL`, `RETRIEVE_DNS_SERVERS`, `RETRIEVE_ALLOWED_LIST`,
         `RETRIEVE_ADMIN_HOSTS` and the connection limits (`RETRIEVE_HEADER_TIMEOUT_SECONDS`,
         `RETRIEVE_BODY_TIMEOUT_SECONDS`, `RETRIEVE_IDLE_TIMEOUT_SECONDS`,
-        `RETRIEVE_MAX_CONNECTIONS`).
+        `RETRIEVE_MAX_CONNECTIONS`, `RETRIEVE_ADMIN_MAX_CONNECTIONS`).
 
         Keyword overrides (from CLI flags) win; a None override is ignored.
         """
@@ -82,6 +87,7 @@ class ReceiverSettings:
             "body_timeout": _number(source, ENV_BODY_TIMEOUT, float),
             "idle_timeout": _number(source, ENV_IDLE_TIMEOUT, float),
             "max_connections": _number(source, ENV_MAX_CONNECTIONS, int),
+            "admin_max_connections": _number(source, ENV_ADMIN_MAX_CONNECTIONS, int),
             "rejected_payload_bytes": _number(source, ENV_REJECTED_PAYLOAD_BYTES, int),
         }
         settings = settings.with_overrides(**limits)

@@ -58,6 +58,13 @@ class WorkerMetrics:
             ["application"],
             registry=r,
         )
+        self.taken_back = Counter(
+            "retrieve_worker_taken_back_total",
+            "Jobs found pending under this worker's own consumer name when its read loop started "
+            "(a restarted container keeps its pod name) and run again at once.",
+            ["application"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "retrieve_worker_jobs_in_flight",
             "Jobs being processed now.",

@@ -23,7 +23,7 @@ from retrieve_core.job import JOB_FIELD
 from retrieve_core.keys import CONSUMER_GROUP, COUNTER_TTL_SECONDS, AppKeys, counter_bucket
 from retrieve_core.logstore import encode_update
 from retrieve_core.redisclient import RedisClient
-from retrieve_core.resp import PackedScript, bulk
+from retrieve_core.resp import PackedScript, bulk, evalsha_head
 
 log = logging.getLogger(__name__)
 
@@ -202,17 +202,16 @@ class Committer:
         entries stay pending and are delivered again: at least once)."""
         packed = [outcome.packed(self.keys) for outcome, _ in batch]
         keys = self.keys
-        data = b"*%d\r\n$7\r\nEVALSHA\r\n%b%b%b%b%b%b" % (
-            3 + _FINISH_KEYS + len(batch) * _OUTCOME_KEYS + 2 + len(batch),
-            bulk(FINISH_SHA),
-            bulk(b"%d" % (_FINISH_KEYS + len(batch) * _OUTCOME_KEYS)),
-            b"".join(bulk(k.encode()) for k in (
+        data = b"".join((
+            evalsha_head(FINISH_SHA, _FINISH_KEYS + len(batch) * _OUTCOME_KEYS, 2 + len(batch)),
+            *(bulk(k.encode()) for k in (
                 keys.jobs, keys.delayed, keys.delayed_payloads, keys.dead_letters, keys.dead_counts
-            )) + b"".join(k for k, _ in packed),
+            )),
+            *(k for k, _ in packed),
             bulk(CONSUMER_GROUP.encode()),
             bulk(b"%d" % COUNTER_TTL_SECONDS),
-            b"".join(a for _, a in packed),
-        )  # fmt: skip
+            *(a for _, a in packed),
+        ))  # fmt: skip
         # To the node owning the application's slot; NOSCRIPT loads the script there.
         [reply] = await FINISH.run(self.redis, [(self._slot_key, data)])
         for _, future in batch:

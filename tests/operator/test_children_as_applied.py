@@ -1,0 +1,87 @@
+"""Which children a pass must write: the digest of the desired state, and the children as last
+seen (plan.with_digest, plan.seen_child) — what lets a restarted operator converge without
+writing an unchanged object."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from retrieve_operator.plan import (
+    ANNOTATION_DESIRED_DIGEST,
+    child_key,
+    covers,
+    seen_child,
+    with_digest,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def config_map(**data: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "yourapp-config", "namespace": "shop", "labels": {"a": "b"}},
+        "data": data,
+    }
+
+
+def as_served(desired: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """What the API server answers for an applied object: our fields and its own."""
+    meta = {
+        **desired["metadata"],
+        "uid": "u-1",
+        "resourceVersion": "42",
+        "managedFields": [{"manager": "retrieve-operator", "fieldsV1": {"f:data": {}}}],
+    }
+    return {**desired, **extra, "metadata": meta}
+
+
+def test_the_same_desired_state_gets_the_same_digest_and_a_change_a_new_one() -> None:
+    first = with_digest(config_map(key="1"))
+    again = with_digest(config_map(key="1"))
+    changed = with_digest(config_map(key="2"))
+    digest = first["metadata"]["annotations"][ANNOTATION_DESIRED_DIGEST]
+    assert again["metadata"]["annotations"][ANNOTATION_DESIRED_DIGEST] == digest
+    assert changed["metadata"]["annotations"][ANNOTATION_DESIRED_DIGEST] != digest
+    assert first["data"] == {"key": "1"}
+
+
+def test_an_object_applied_with_the_desired_state_covers_it() -> None:
+    desired = with_digest(config_map(key="1"))
+    assert covers(as_served(desired), desired)
+
+
+def test_a_field_we_stopped_setting_makes_the_object_out_of_date() -> None:
+    # Applied with two keys; now only one is wanted: the object still has every wanted field,
+    # but its digest is the old one, so the pass applies (and the API server drops `old`).
+    applied = as_served(with_digest(config_map(key="1", old="x")))
+    desired = with_digest(config_map(key="1"))
+    assert not covers(applied, desired)
+
+
+def test_an_object_from_before_the_digest_is_applied_once() -> None:
+    served = as_served(config_map(key="1"))
+    assert not covers(served, with_digest(config_map(key="1")))
+
+
+def test_drift_by_someone_else_makes_the_object_out_of_date() -> None:
+    desired = with_digest(config_map(key="1"))
+    drifted = as_served(desired)
+    drifted["data"] = {"key": "edited"}
+    assert not covers(drifted, desired)
+
+
+def test_a_child_is_kept_as_seen_without_its_managed_fields() -> None:
+    served = as_served(with_digest(config_map(key="1")), status={"x": 1})
+    key, text = seen_child(served)
+    assert key == ("v1", "ConfigMap", "shop", "yourapp-config")
+    kept = json.loads(text)
+    assert "managedFields" not in kept["metadata"]
+    assert kept["metadata"]["resourceVersion"] == "42"
+    assert kept["status"] == {"x": 1}
+    assert key == child_key(served)
+    assert covers(kept, with_digest(config_map(key="1")))

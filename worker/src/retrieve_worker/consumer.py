@@ -1,0 +1,375 @@
+"""One application's consumer: reads its job stream, takes over stalled jobs, keeps it tidy.
+
+Its loops run under the worker's `Supervisor` (retrieve_core.supervision), which restarts a loop
+that raises (a Redis outage, a deleted stream) with capped, jittered backoff, logs once per
+state change, and counts it in `/metrics` and `/readyz`:
+
+- read (required): `XGROUP CREATE … MKSTREAM`, then `XREADGROUP` — first with id 0, which hands
+  back what this consumer name still has pending (a container restarted in its pod keeps
+  `POD_NAME`: its unfinished jobs run again at once instead of after `claim_idle_ms`; also after
+  the loop itself restarts), then `>` with a block timeout, within the concurrency bound;
+- claim (required): `XAUTOCLAIM` of deliveries idle longer than `claim_idle_ms` (the jobs of a
+  consumer that died), with a delivery-count cap that dead-letters a job which keeps killing its
+  worker;
+- move (required): due retries back into the stream;
+- trim, sample, notify: the webhook logs' bounds, the queue gauges, due error notifications.
+
+Each job runs in its own task (`JobRunner.handle`, jobs.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from retrieve_core.config import ApplicationConfig
+from retrieve_core.keys import CONSUMER_GROUP, AppKeys
+from retrieve_core.logstore import LogStore
+from retrieve_core.notifications import claim_due
+from retrieve_core.supervision import Beat, SupervisedLoop
+
+from .jobs import JobRunner, as_text, decode_job
+from .queue import DelayedMover, ensure_group
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+REQUIRED_LOOPS = ("read", "claim", "move")
+"""Without these no job moves: `/readyz` is not ready while one of them is down."""
+UPKEEP_LOOPS = ("trim", "sample", "notify")
+
+
+class AppConsumer:
+    """Consumes one application's stream; stops reading on `stop()` and drains in-flight jobs."""
+
+    def __init__(self, worker: Worker, app: ApplicationConfig) -> None:
+        self.worker = worker
+        self.settings = worker.settings
+        self.app_id = f"{app.namespace}/{app.name}"
+        self.namespace, self.name = app.namespace, app.name
+        self.keys: AppKeys = app.keys
+        self.concurrency = self.settings.concurrency or app.spec.worker.concurrency
+        self.slots = asyncio.Semaphore(self.concurrency)
+        self.redis = worker.redis
+        self.mover = DelayedMover(self.redis)
+        self.in_flight: dict[str, float] = {}  # entry id -> start time
+        self.runner = JobRunner(worker, app, self.in_flight, self._park)
+        self.batches = self.runner.batches
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Jobs waiting for their batches hold no concurrency slot (batching.py).
+        self._parked: set[asyncio.Task[Any]] = set()
+        self._stopping = asyncio.Event()
+        self._loops: dict[str, SupervisedLoop] = {}
+        self.ready = asyncio.Event()
+        """Set once the consumer group exists."""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def loop_name(self, kind: str) -> str:
+        return f"{kind} {self.app_id}"
+
+    def start(self) -> None:
+        supervisor = self.worker.supervisor
+        bodies = {
+            "read": self._read_loop,
+            "claim": self._claim_loop,
+            "move": self._move_loop,
+            "trim": self._trim_loop,
+            "sample": self._sample_loop,
+            "notify": self._notify_loop,
+        }
+        for kind, body in bodies.items():
+            self._loops[kind] = supervisor.start(
+                self.loop_name(kind), body, required=kind in REQUIRED_LOOPS
+            )
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_stopped(self) -> None:
+        """Waits for the reader to stop, lets in-flight jobs finish, then leaves the group."""
+        self._stopping.set()
+        supervisor = self.worker.supervisor
+        reader = self._loops.get("read")
+        if reader is not None:
+            await reader.finish()
+        helpers = [self.loop_name(kind) for kind in self._loops if kind != "read"]
+        helpers_stopped = asyncio.ensure_future(supervisor.stop(helpers))
+        self.batches.close()  # what batches gathered goes now
+        if self._tasks:
+            _, pending = await asyncio.wait(
+                self._tasks, timeout=self.settings.shutdown_timeout_seconds
+            )
+            self.batches.cancel()
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning(
+                    "%s: %d job(s) still running at shutdown; they will be redelivered",
+                    self.app_id,
+                    len(pending),
+                )
+                await asyncio.wait(pending)
+        await helpers_stopped
+        supervisor.forget([self.loop_name("read")])
+        await self.runner.finish_background(timeout=5)
+        await self._leave_group()
+
+    async def _leave_group(self) -> None:
+        """XGROUP DELCONSUMER, only when nothing is pending for us (it would lose those entries)."""
+        try:
+            summary = await self.redis.xpending_range(
+                self.keys.jobs,
+                CONSUMER_GROUP,
+                min="-",
+                max="+",
+                count=1,
+                consumername=self.settings.consumer,
+            )
+            if summary:
+                log.info(
+                    "%s: consumer %s keeps pending entries; not removed",
+                    self.app_id,
+                    self.settings.consumer,
+                )
+                return
+            await self.redis.xgroup_delconsumer(
+                self.keys.jobs, CONSUMER_GROUP, self.settings.consumer
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("%s: could not remove consumer at shutdown: %s", self.app_id, exc)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleeps `seconds`, or less when the consumer stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    # ------------------------------------------------------------------ reading
+
+    async def _acquire_slots(self, wanted: int) -> int:
+        """Waits for one free slot, then takes as many more as are free now (up to `wanted`)."""
+        await self.slots.acquire()
+        taken = 1
+        while taken < wanted and not self.slots.locked():
+            await self.slots.acquire()
+            taken += 1
+        return taken
+
+    def _release_slots(self, count: int) -> None:
+        for _ in range(count):
+            self.slots.release()
+
+    async def _read_loop(self, beat: Beat) -> None:
+        await ensure_group(self.redis, self.keys)
+        self.ready.set()
+        # Healthy once a read worked (not at the group: the read may be what fails). First
+        # what this consumer name still has pending (a previous life of this pod, or this loop
+        # before it failed), then new entries.
+        cursor = "0"
+        while not self._stopping.is_set():
+            taken = await self._acquire_slots(self.settings.read_count)
+            try:
+                reply = await self.redis.xreadgroup(
+                    CONSUMER_GROUP,
+                    self.settings.consumer,
+                    {self.keys.jobs: cursor},
+                    count=taken,
+                    block=self.settings.block_ms if cursor == ">" else None,
+                )
+            except ResponseError as exc:
+                self._release_slots(taken)
+                if "NOGROUP" not in str(exc):
+                    raise
+                await ensure_group(self.redis, self.keys)  # the stream was deleted under us
+                continue
+            except BaseException:
+                self._release_slots(taken)
+                raise
+            beat()
+            replies: Any = reply
+            entries: list[tuple[Any, Any]] = replies[0][1] if replies else []
+            if cursor == ">":
+                self._release_slots(taken - len(entries))
+                for entry_id, fields in entries:
+                    self._spawn(as_text(entry_id), fields, None)
+                continue
+            cursor = as_text(entries[-1][0]) if entries else ">"
+            await self._take_back([(as_text(i), f) for i, f in entries], taken)
+
+    async def _take_back(self, entries: list[tuple[str, Any]], taken: int) -> None:
+        """Runs entries pending under our own name, with their delivery counts, so a job that
+        keeps killing this pod is dead-lettered in the end. Entries already running here (the
+        loop restarted, not the process) are skipped; reading them counted one more delivery."""
+        fresh = [(i, f) for i, f in entries if i not in self.in_flight]
+        self._release_slots(taken - len(fresh))
+        if not fresh:
+            return
+        try:
+            counts = await self._delivery_counts([i for i, _ in fresh])
+        except BaseException:
+            self._release_slots(len(fresh))
+            raise
+        metrics = self.worker.metrics
+        metrics.child(metrics.taken_back, self.app_id).inc(len(fresh))
+        log.info(
+            "%s: took back %d job(s) pending under consumer %s",
+            self.app_id,
+            len(fresh),
+            self.settings.consumer,
+        )
+        for entry_id, fields in fresh:
+            self._spawn(entry_id, fields, counts.get(entry_id))
+
+    def _spawn(self, entry_id: str, fields: Any, deliveries: int | None) -> None:
+        self.in_flight[entry_id] = time.monotonic()
+        task = asyncio.create_task(self.runner.handle(entry_id, fields, deliveries))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task in self._parked:
+            self._parked.discard(task)
+        else:
+            self.slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: job handler crashed", self.app_id, exc_info=task.exception())
+
+    def _park(self) -> None:
+        """The running job waits for its batches: its slot goes to the next job."""
+        task = asyncio.current_task()
+        if task is not None and task in self._tasks and task not in self._parked:
+            self._parked.add(task)
+            self.slots.release()
+
+    # ------------------------------------------------------------------ reclaiming
+
+    async def _claim_loop(self, beat: Beat) -> None:
+        await self.ready.wait()
+        while not self._stopping.is_set():
+            await self._keep_alive()
+            await self.claim_once()
+            beat()
+            await self._pause(self.settings.claim_interval_seconds)
+
+    async def _keep_alive(self) -> None:
+        """Resets the idle time of our long-running deliveries, so nobody claims them."""
+        horizon = time.monotonic() - self.settings.claim_idle_ms / 2000
+        old: list[Any] = [entry for entry, started in self.in_flight.items() if started < horizon]
+        if old:
+            await self.redis.xclaim(
+                self.keys.jobs, CONSUMER_GROUP, self.settings.consumer, 0, old, justid=True
+            )
+
+    async def claim_once(self) -> int:
+        """Takes over entries idle longer than `claim_idle_ms`, honouring XAUTOCLAIM's cursor."""
+        cursor: Any = "0-0"
+        claimed = 0
+        while not self._stopping.is_set():
+            taken = await self._acquire_slots(self.settings.read_count)
+            try:
+                reply = await self.redis.xautoclaim(
+                    self.keys.jobs,
+                    CONSUMER_GROUP,
+                    self.settings.consumer,
+                    min_idle_time=self.settings.claim_idle_ms,
+                    start_id=cursor,
+                    count=taken,
+                )
+            except BaseException:
+                self._release_slots(taken)
+                raise
+            cursor, entries = reply[0], [e for e in reply[1] if e and e[0] is not None]
+            fresh = [(as_text(i), f) for i, f in entries if as_text(i) not in self.in_flight]
+            self._release_slots(taken - len(fresh))
+            if fresh:
+                try:
+                    counts = await self._delivery_counts([i for i, _ in fresh])
+                except BaseException:
+                    self._release_slots(len(fresh))
+                    raise
+                self.worker.metrics.reclaimed.labels(self.app_id).inc(len(fresh))
+                log.info("%s: reclaimed %d job(s) from dead consumers", self.app_id, len(fresh))
+                for entry_id, fields in fresh:
+                    self._spawn(entry_id, fields, counts.get(entry_id))
+                claimed += len(fresh)
+            if as_text(cursor) == "0-0":
+                break
+        return claimed
+
+    async def _delivery_counts(self, entry_ids: list[str]) -> dict[str, int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id in entry_ids:
+                pipe.xpending_range(self.keys.jobs, CONSUMER_GROUP, entry_id, entry_id, 1)
+            replies = await pipe.execute()
+        counts: dict[str, int] = {}
+        for entry_id, rows in zip(entry_ids, replies, strict=True):
+            if rows:
+                counts[entry_id] = int(rows[0]["times_delivered"])
+        return counts
+
+    # ------------------------------------------------------------------ background upkeep
+
+    async def _move_loop(self, beat: Beat) -> None:
+        await self.ready.wait()
+        while not self._stopping.is_set():
+            moved = await self.mover.move_due(self.keys, self.settings.delayed_batch)
+            beat()
+            if moved < self.settings.delayed_batch:
+                await self._pause(self.settings.delayed_poll_seconds)
+
+    async def _trim_loop(self, beat: Beat) -> None:
+        await self.ready.wait()
+        store = LogStore(self.redis, self.keys)
+        while not self._stopping.is_set():
+            app = self.worker.application(self.namespace, self.name)
+            if app is not None:
+                bounds = app.spec.webhook_logs
+                await store.trim(bounds.max_records, bounds.max_age_seconds)
+            beat()
+            await self._pause(self.settings.log_trim_interval_seconds)
+
+    async def _sample_loop(self, beat: Beat) -> None:
+        await self.ready.wait()
+        while not self._stopping.is_set():
+            await self.sample_queue()
+            beat()
+            await self._pause(self.settings.queue_sample_seconds)
+
+    async def sample_queue(self, now: float | None = None) -> None:
+        """Queue depth, dead letters, and the processing delay: now minus the received-at
+        time of the oldest job still in the stream (acked entries are deleted), one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(self.keys.jobs)
+            pipe.xrange(self.keys.jobs, "-", "+", count=1)
+            pipe.xlen(self.keys.dead_letters)
+            depth, oldest, dead = await pipe.execute()
+        delay = 0.0
+        if oldest:
+            try:
+                received_at = decode_job(oldest[0][1]).received_at
+            except ValueError:
+                received_at = None
+            if received_at is not None:
+                delay = max(0.0, (time.time() if now is None else now) - received_at)
+        metrics = self.worker.metrics
+        metrics.child(metrics.queue_depth, self.app_id).set(int(depth))
+        metrics.child(metrics.processing_delay, self.app_id).set(delay)
+        metrics.child(metrics.dead_letters_stored, self.app_id).set(int(dead))
+
+    async def _notify_loop(self, beat: Beat) -> None:
+        await self.ready.wait()
+        while not self._stopping.is_set():
+            app = self.worker.application(self.namespace, self.name)
+            if app is not None and app.spec.notifications:
+                for claimed in await claim_due(self.redis, app):
+                    self.runner.background_task(self.runner.send_notice(claimed), "a notification")
+            beat()
+            await self._pause(self.settings.notify_poll_seconds)
