@@ -78,7 +78,7 @@ tolerations:
   - {key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}
 ingressClass: {enabled: true, isDefaultClass: false, name: traefik}
 providers:
-  kubernetesIngress: {enabled: true}
+  kubernetesIngress: {enabled: true, allowEmptyServices: true}  # 503, not 404, while no receiver is ready
   kubernetesGateway: {enabled: true}
 gatewayClass: {enabled: true, name: traefik}
 gateway:

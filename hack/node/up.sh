@@ -343,6 +343,9 @@ start coredns "$NODE_BIN/coredns" -conf "$CFG/Corefile"
 wait_for "CoreDNS /ready" coredns 30 in_node curl -sf http://127.0.0.1:8181/ready
 
 node_log "Traefik on $INGRESS_ADDR (Ingress class traefik, Gateway API when its CRDs exist)"
+# allowEmptyServices: while no receiver pod is ready (e.g. Redis restarting, so every /readyz
+# answers 503), Traefik answers 503 -- which senders retry -- instead of dropping the route and
+# answering 404, which a sender may take as "this URL is gone".
 start traefik "$NODE_BIN/traefik" --log.level=INFO --log.noColor=true --ping=true \
   --global.checkNewVersion=false \
   --global.sendAnonymousUsage=false \
@@ -352,6 +355,7 @@ start traefik "$NODE_BIN/traefik" --log.level=INFO --log.noColor=true --ping=tru
   --providers.kubernetesingress.token="$(<"$CFG/traefik.token")" \
   --providers.kubernetesingress.certAuthFilePath="$PKI/ca.crt" \
   --providers.kubernetesingress.ingressEndpoint.ip="$NODE_IP" \
+  --providers.kubernetesingress.allowEmptyServices=true \
   --providers.kubernetesgateway=true \
   --providers.kubernetesgateway.endpoint="$API_SERVER" \
   --providers.kubernetesgateway.token="$(<"$CFG/traefik.token")" \
