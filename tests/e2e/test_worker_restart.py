@@ -1,5 +1,6 @@
 """A `retrieve worker` process SIGKILLed with jobs in flight and restarted under the same consumer
-name (a container restarted in its pod keeps `POD_NAME`) takes its own pending jobs back at once.
+name (a container restarted in its pod keeps `POD_NAME`; outside Kubernetes, `--consumer NAME`)
+takes its own pending jobs back at once.
 
 `claim_idle_ms` is ten minutes here, so the other consumers' path (XAUTOCLAIM of idle entries)
 cannot be what delivers them within the test's bounds: only the restarted worker reading its own
@@ -61,14 +62,19 @@ def scrape(admin_port: int) -> str:
     return text
 
 
-async def test_a_worker_restarted_under_its_pod_name_takes_back_its_jobs_without_waiting(
-    tmp_path: Path, private_redis_server: RedisServer, sink: Sink
+@pytest.mark.parametrize("named_by", ["POD_NAME", "--consumer"])
+async def test_a_worker_restarted_under_its_name_takes_back_its_jobs_without_waiting(
+    tmp_path: Path, private_redis_server: RedisServer, sink: Sink, named_by: str
 ) -> None:
     config = write_fleet_config(tmp_path / "config", sink.url)
     admin_port = free_port()
     args = ["worker", "--config-dir", str(config), "--redis-url", private_redis_server.url]
     args += ["--host", "127.0.0.1", "--admin-port", str(admin_port), "--concurrency", "8"]
-    env = {"POD_NAME": POD_NAME, "RETRIEVE_CLAIM_IDLE_SECONDS": "600"}
+    env = {"RETRIEVE_CLAIM_IDLE_SECONDS": "600", "POD_NAME": ""}
+    if named_by == "POD_NAME":
+        env["POD_NAME"] = POD_NAME
+    else:  # without it, each process would be host-pid: a new name after every restart
+        args += ["--consumer", POD_NAME]
     redis = Redis.from_url(private_redis_server.url, decode_responses=True)
     first = RetrieveProcess(args, env).start()
     second: RetrieveProcess | None = None

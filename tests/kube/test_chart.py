@@ -293,6 +293,30 @@ def test_redis_network_policy_admits_only_retrieve_pods(
     assert policies["retrieve-operator"]["spec"]["ingress"] == []
 
 
+def test_the_operator_policy_admits_only_the_named_scrapers_to_its_metrics_port(
+    kube_cluster: KubeTestCluster,
+) -> None:
+    scrapers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}]
+    values = {"networkPolicy": {"enabled": True, "metricsFrom": scrapers}}
+    _, docs = _template(kube_cluster, "retrieve-system", values)
+    policy = _operator_policy(docs)
+    assert policy["spec"]["ingress"] == [
+        {"from": scrapers, "ports": [{"port": "metrics", "protocol": "TCP"}]}
+    ]
+    # The port it names is the container's (a policy naming an unknown port admits nothing).
+    operator = _by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert "metrics" in {port["name"] for port in operator["ports"]}
+
+    values["operator"] = {"metricsPort": 0}  # no metrics port: nothing to admit
+    _, docs = _template(kube_cluster, "retrieve-system", values)
+    assert _operator_policy(docs)["spec"]["ingress"] == []
+
+
+def _operator_policy(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    policies = _by_kind(docs, "NetworkPolicy")
+    return next(p for p in policies if p["metadata"]["name"] == "retrieve-operator")
+
+
 def test_external_redis_without_url_is_a_clear_error(
     kube_cluster: KubeTestCluster,
 ) -> None:

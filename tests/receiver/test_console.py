@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -12,8 +13,10 @@ from redis.asyncio import Redis
 
 from retrieve_core.keys import COUNTER_REJECTED, COUNTER_TTL_SECONDS, counter_bucket
 from retrieve_core.notifications import NotificationAttempt, record_attempt
+from retrieve_receiver import console as console_module
 from retrieve_receiver.admin import init_admin_app
 from retrieve_receiver.console import ConsoleSettings, QueueHistory, QueueSample
+from retrieve_receiver.metrics import ReceiverMetrics
 from retrieve_receiver.settings import ReceiverSettings
 from tests.receiver.conftest import make_app, make_integration, make_provider
 from tests.support.redis_server import RedisServer
@@ -164,3 +167,35 @@ async def test_the_console_lists_notification_attempts_and_needs_the_token(
     assert [a["error"] for a in (await failed.json())["attempts"]] == [
         "unreachable: ClientConnectorError"
     ]
+
+
+async def test_the_queue_sampler_is_a_supervised_loop_restarted_after_an_unexpected_error(
+    aiohttp_client: AiohttpClient, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_sample = console_module.sample_queue_depth
+    calls = 0
+
+    async def flaky_sample(state: console_module.ConsoleState) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in the sampler")
+        await real_sample(state)
+
+    monkeypatch.setattr(console_module, "sample_queue_depth", flaky_sample)
+    metrics = ReceiverMetrics()
+    settings = ReceiverSettings(redis_url=redis_server.url, redis_timeout=0.5)
+    app = init_admin_app(
+        settings, make_provider(APP), console=ConsoleSettings(TOKEN, 0.05), metrics=metrics
+    )
+    client = await aiohttp_client(app)
+    loop = {"loop": "console-queue-sampler"}
+
+    deadline = time.monotonic() + 20
+    while not app[console_module.CONSOLE_KEY].history.series():
+        assert time.monotonic() < deadline, "the sampler never sampled after its failure"
+        await asyncio.sleep(0.02)
+    assert metrics.registry.get_sample_value("retrieve_receiver_loop_restarts_total", loop) == 1
+    assert metrics.registry.get_sample_value("retrieve_receiver_loop_up", loop) == 1
+    exposed = await (await client.get("/metrics")).text()
+    assert 'retrieve_receiver_loop_up{loop="console-queue-sampler"} 1.0' in exposed

@@ -130,6 +130,11 @@ def _worker_settings(args: argparse.Namespace) -> Any:
     if claim_idle:
         overrides["claim_idle_ms"] = int(float(claim_idle) * 1000)
         overrides["claim_interval_seconds"] = min(10.0, max(0.5, float(claim_idle) / 2))
+    consumer = getattr(args, "consumer", None)
+    if consumer is not None:
+        if not consumer.strip() or not consumer.isprintable() or len(consumer) > 200:
+            raise CommandError(f"--consumer: {consumer!r} is not a usable consumer name")
+        overrides["consumer"] = consumer
     return WorkerSettings(
         redis_url=args.redis_url
         or os.environ.get("RETRIEVE_REDIS_URL")

@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--admin-host", default=None, help=argparse.SUPPRESS)
         else:
             cmd.add_argument("--concurrency", type=int, default=None)
+            cmd.add_argument(
+                "--consumer",
+                default=os.environ.get("RETRIEVE_WORKER_CONSUMER") or None,
+                help="this worker's name in the consumer group (default: $POD_NAME, else "
+                "host-pid); restarted under the same name it takes its own pending jobs back "
+                "at once instead of after the claim timeout",
+            )
             cmd.add_argument("--host", default=os.environ.get("RETRIEVE_HOST", "0.0.0.0"))
         cmd.add_argument(
             "--admin-port", type=int, default=int(os.environ.get("RETRIEVE_ADMIN_PORT", "8081"))

@@ -243,5 +243,7 @@ def init_admin_app(
     console = console if console is not None else ConsoleSettings.from_env()
     if console is not None:
         app[ADMIN_TOKEN_KEY] = console.token
-    setup_console(app, console, provider, lambda: app[ADMIN_REDIS_KEY])
+    setup_console(
+        app, console, provider, lambda: app[ADMIN_REDIS_KEY], app[ADMIN_METRICS_KEY].registry
+    )
     return app

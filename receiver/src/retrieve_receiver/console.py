@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from retrieve_core.config import ApplicationConfig
@@ -44,6 +45,7 @@ from retrieve_core.logstore import LogStatus, LogStore
 from retrieve_core.notifications import read_attempts
 from retrieve_core.provider import ConfigProvider
 from retrieve_core.redisclient import RedisClient
+from retrieve_core.supervision import Beat, Supervisor
 
 from .errors import failure
 
@@ -104,6 +106,8 @@ class ConsoleState:
     provider: ConfigProvider
     redis: Callable[[], RedisClient]
     history: QueueHistory
+    registry: CollectorRegistry
+    """Where the queue sampler's loop metrics go (the admin app's `/metrics`)."""
 
 
 CONSOLE_KEY = web.AppKey("console", ConsoleState)
@@ -404,25 +408,31 @@ async def sample_queue_depth(state: ConsoleState) -> None:
     )
 
 
-async def _sample_forever(state: ConsoleState, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        try:
-            await sample_queue_depth(state)
-        except (RedisError, OSError) as exc:
-            log.debug("queue depth not sampled: %s", exc)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), state.settings.sample_seconds)
-
-
 async def _sampler_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Sample the queue depths every `sample_seconds`, as a supervised loop: a failed sample is
+    logged (debug: the console shows the gap) and the next one tried; anything else restarts
+    the loop with backoff and shows in `/metrics`
+    (`retrieve_receiver_loop_up{loop="console-queue-sampler"}`). Not part of `/readyz`."""
+    state = app[CONSOLE_KEY]
     # A stop flag besides cancel(): redis-py can swallow a cancellation that lands mid-command.
     stop = asyncio.Event()
-    task = asyncio.create_task(_sample_forever(app[CONSOLE_KEY], stop))
+
+    async def sample_forever(beat: Beat) -> None:
+        while not stop.is_set():
+            try:
+                await sample_queue_depth(state)
+            except (RedisError, OSError) as exc:
+                log.debug("queue depth not sampled: %s", exc)
+            beat()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), state.settings.sample_seconds)
+
+    supervisor = Supervisor(state.registry, "retrieve_receiver")
+    supervisor.start("console-queue-sampler", sample_forever, required=False)
     yield
     stop.set()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-        await asyncio.wait_for(task, 5)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(supervisor.stop(), 5)
 
 
 def setup_console(
@@ -430,11 +440,12 @@ def setup_console(
     settings: ConsoleSettings | None,
     provider: ConfigProvider,
     redis: Callable[[], RedisClient],
+    registry: CollectorRegistry,
 ) -> None:
     """Mount the console on the admin app; with no settings (no token) nothing is mounted (404)."""
     if settings is None:
         return
-    app[CONSOLE_KEY] = ConsoleState(settings, provider, redis, QueueHistory())
+    app[CONSOLE_KEY] = ConsoleState(settings, provider, redis, QueueHistory(), registry)
     app.middlewares.append(console_guard)
     app.cleanup_ctx.append(_sampler_ctx)
     app.router.add_get(PREFIX, index)
