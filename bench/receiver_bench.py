@@ -5,7 +5,9 @@ From one run, in alternating rounds with Redis emptied before each measurement, 
 median requests/s, p50/p99 at a fixed concurrency (wrk, a separate process), server CPU per
 request and, optionally, latency at a fixed rate (an open-loop generator, `rate_client.py`):
 
-- bare aiohttp: the same JSON answer with no Redis (`bare_app.py`), the ceiling;
+- bare aiohttp: the same JSON answer with no Redis (`bare_app.py`), the ceiling; with
+  `--floors` also on aiohttp's low-level server and on llhttp alone (a Protocol on httptools):
+  what the HTTP layer itself costs per request;
 - `retrieve receiver`: whitelist, routing, size and JSON checks, enqueue (job + log record +
   counters in one script call), 200 once Redis acknowledged; with `--processes 2` as well;
 - Go peers (`gopeer/`, built here from Go modules, cached under ~/.cache/retrieve-bench):
@@ -305,6 +307,12 @@ def main() -> None:
     parser.add_argument("--no-go", action="store_true", help="leave the Go peers out")
     parser.add_argument("--no-processes", action="store_true", help="leave --processes 2 out")
     parser.add_argument(
+        "--floors",
+        action="store_true",
+        help="also the bare answer on aiohttp's low-level server and on llhttp alone "
+        "(what the HTTP layer costs per request)",
+    )
+    parser.add_argument(
         "--baseline",
         type=Path,
         help="also run the receiver of this source tree (before/after in one run)",
@@ -329,6 +337,11 @@ def main() -> None:
     ]
     if args.baseline is not None:
         candidates.append(receiver("retrieve receiver (baseline)", redis.url, 1, args.baseline))
+    if args.floors:
+        floors = (("lowlevel", "bare aiohttp low-level Server"), ("llhttp", "bare llhttp"))
+        for kind, name in floors:
+            port = free_port()
+            candidates.append(Candidate(name, [*bare[:-1], str(port), kind], port))
     if not args.no_processes:
         candidates.append(receiver("retrieve receiver --processes 2", redis.url, 2))
     if binary is not None:
