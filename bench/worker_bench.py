@@ -170,7 +170,7 @@ async def scenario(
     # An entry leaves the stream when its outcome is stored: an empty stream is the end (one
     # XLEN a poll, not a walk over the metrics registry in the process being measured).
     while True:
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.01)
         if await redis.xlen(app.keys.jobs) == 0:
             break
         if task.done():
@@ -197,8 +197,8 @@ async def scenario(
     )
     print(
         "    CPU seconds: "
-        + ", ".join(f"{name} {secs:.1f}" for name, secs in cpu.items())
-        + f"; {per_cpu:.0f} jobs per worker CPU-second"
+        + ", ".join(f"{name} {secs:.2f}" for name, secs in cpu.items())
+        + f"; {per_cpu:.0f} jobs per worker CPU-second ({1e6 / per_cpu:.1f} µs a job)"
     )
     if profiler:
         pstats.Stats(profiler).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(

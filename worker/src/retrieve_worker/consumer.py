@@ -14,7 +14,8 @@ state change, and counts it in `/metrics` and `/readyz`:
 - move (required): due retries back into the stream;
 - trim, sample, notify: the webhook logs' bounds, the queue gauges, due error notifications.
 
-Each job runs in its own task (`JobRunner.handle`, jobs.py).
+The jobs of a read that only go to batched destinations are handled in bulk (bulk.py); every
+other job runs in its own task (`JobRunner.handle`, jobs.py).
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError, ResponseError
 
 from retrieve_core.config import ApplicationConfig
+from retrieve_core.job import Job
 from retrieve_core.keys import CONSUMER_GROUP, AppKeys
 from retrieve_core.logstore import LogStore
 from retrieve_core.notifications import claim_due
@@ -41,9 +45,54 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_NO_COUNTS: Mapping[str, int] = {}
+"""Entries read with `>` are delivered for the first time."""
+
 REQUIRED_LOOPS = ("read", "claim", "move")
 """Without these no job moves: `/readyz` is not ready while one of them is down."""
 UPKEEP_LOOPS = ("trim", "sample", "notify")
+
+
+class Slots:
+    """The concurrency bound: how many more jobs may be taken (a parked job's slot is free).
+
+    `asyncio.Semaphore` taking many slots at once: first come, first served (a loop that
+    releases its slots and takes them again at once does not starve another waiting loop),
+    without one `acquire` per slot.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.free = count
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def take(self, wanted: int) -> int:
+        """Waits for a free slot, in turn, then takes as many more as are free now (up to
+        `wanted`); returns how many it took."""
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+        else:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter  # `release` hands it one slot
+            except asyncio.CancelledError:
+                if waiter.cancelled():
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+                else:  # handed a slot, cancelled before it ran: the slot goes back
+                    self.release(1)
+                raise
+        more = min(wanted - 1, self.free)
+        self.free -= more
+        return 1 + more
+
+    def release(self, count: int = 1) -> None:
+        self.free += count
+        while self.free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.free -= 1
+                waiter.set_result(None)
 
 
 class AppConsumer:
@@ -56,11 +105,11 @@ class AppConsumer:
         self.namespace, self.name = app.namespace, app.name
         self.keys: AppKeys = app.keys
         self.concurrency = self.settings.concurrency or app.spec.worker.concurrency
-        self.slots = asyncio.Semaphore(self.concurrency)
+        self.slots = Slots(self.concurrency)
         self.redis = worker.redis
         self.mover = DelayedMover(self.redis)
         self.in_flight: dict[str, float] = {}  # entry id -> start time
-        self.runner = JobRunner(worker, app, self.in_flight, self._park)
+        self.runner = JobRunner(worker, app, self.in_flight, self._park, self._release_slots)
         self.batches = self.runner.batches
         self._tasks: set[asyncio.Task[None]] = set()
         # Jobs waiting for their batches hold no concurrency slot (batching.py).
@@ -103,20 +152,27 @@ class AppConsumer:
         helpers = [self.loop_name(kind) for kind in self._loops if kind != "read"]
         helpers_stopped = asyncio.ensure_future(supervisor.stop(helpers))
         self.batches.close()  # what batches gathered goes now
-        if self._tasks:
+        bulk = self.runner.bulk
+        if self._tasks or bulk.held:
+            bulk_idle = asyncio.ensure_future(bulk.wait_idle())
             _, pending = await asyncio.wait(
-                self._tasks, timeout=self.settings.shutdown_timeout_seconds
+                {*self._tasks, bulk_idle}, timeout=self.settings.shutdown_timeout_seconds
             )
-            self.batches.cancel()
-            for task in pending:
-                task.cancel()
-            if pending:
+            pending.discard(bulk_idle)
+            if pending or bulk.held:
                 log.warning(
                     "%s: %d job(s) still running at shutdown; they will be redelivered",
                     self.app_id,
-                    len(pending),
+                    len(pending) + bulk.held,
                 )
+            # Sends cancelled abandon their jobs, unacked (batching.py, bulk.py).
+            self.batches.cancel()
+            bulk.cancel()
+            for task in pending:
+                task.cancel()
+            if pending:
                 await asyncio.wait(pending)
+            await bulk_idle
         await helpers_stopped
         supervisor.forget([self.loop_name("read")])
         await self.runner.finish_background(timeout=5)
@@ -155,16 +211,10 @@ class AppConsumer:
 
     async def _acquire_slots(self, wanted: int) -> int:
         """Waits for one free slot, then takes as many more as are free now (up to `wanted`)."""
-        await self.slots.acquire()
-        taken = 1
-        while taken < wanted and not self.slots.locked():
-            await self.slots.acquire()
-            taken += 1
-        return taken
+        return await self.slots.take(wanted)
 
     def _release_slots(self, count: int) -> None:
-        for _ in range(count):
-            self.slots.release()
+        self.slots.release(count)
 
     async def _read_loop(self, beat: Beat) -> None:
         await ensure_group(self.redis, self.keys)
@@ -197,8 +247,7 @@ class AppConsumer:
             entries: list[tuple[Any, Any]] = replies[0][1] if replies else []
             if cursor == ">":
                 self._release_slots(taken - len(entries))
-                for entry_id, fields in entries:
-                    self._spawn(as_text(entry_id), fields, None)
+                self._start([(as_text(i), f) for i, f in entries], _NO_COUNTS)
                 continue
             cursor = as_text(entries[-1][0]) if entries else ">"
             await self._take_back([(as_text(i), f) for i, f in entries], taken)
@@ -224,12 +273,18 @@ class AppConsumer:
             len(fresh),
             self.settings.consumer,
         )
-        for entry_id, fields in fresh:
-            self._spawn(entry_id, fields, counts.get(entry_id))
+        self._start(fresh, counts)
 
-    def _spawn(self, entry_id: str, fields: Any, deliveries: int | None) -> None:
+    def _start(self, entries: list[tuple[str, Any]], counts: Mapping[str, int]) -> None:
+        """Starts the jobs of entries read, a concurrency slot taken for each: in bulk those
+        that only go to batched destinations (they give their slots back themselves), the
+        others in a task each. `counts`: delivery counts, when known."""
+        for entry_id, fields, job in self.runner.start(entries, counts):
+            self._spawn(entry_id, fields, counts.get(entry_id), job)
+
+    def _spawn(self, entry_id: str, fields: Any, deliveries: int | None, job: Job | None) -> None:
         self.in_flight[entry_id] = time.monotonic()
-        task = asyncio.create_task(self.runner.handle(entry_id, fields, deliveries))
+        task = asyncio.create_task(self.runner.handle(entry_id, fields, deliveries, job))
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
@@ -269,7 +324,14 @@ class AppConsumer:
             )
 
     async def claim_once(self) -> int:
-        """Takes over entries idle longer than `claim_idle_ms`, honouring XAUTOCLAIM's cursor."""
+        """Takes over entries idle longer than `claim_idle_ms`, honouring XAUTOCLAIM's cursor.
+
+        The pass ends at entries added less than `claim_idle_ms` ago (by the Redis clock that
+        made their ids): none of them can have been idle that long, and while a backlog is
+        read the pass would otherwise follow the read loop to its end, a round trip (and the
+        free slots) per `read_count` entries."""
+        seconds, microseconds = await self.redis.time()
+        horizon = seconds * 1000 + microseconds // 1000 - self.settings.claim_idle_ms
         cursor: Any = "0-0"
         claimed = 0
         while not self._stopping.is_set():
@@ -297,10 +359,10 @@ class AppConsumer:
                     raise
                 self.worker.metrics.reclaimed.labels(self.app_id).inc(len(fresh))
                 log.info("%s: reclaimed %d job(s) from dead consumers", self.app_id, len(fresh))
-                for entry_id, fields in fresh:
-                    self._spawn(entry_id, fields, counts.get(entry_id))
+                self._start(fresh, counts)
                 claimed += len(fresh)
-            if as_text(cursor) == "0-0":
+            next_id = as_text(cursor)
+            if next_id == "0-0" or int(next_id.split("-", 1)[0]) > horizon:
                 break
         return claimed
 

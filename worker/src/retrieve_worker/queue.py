@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -54,19 +54,23 @@ class Finish(StrEnum):
 # is the queue depth). A job that failed for good (failed on purpose, 4xx, or dead-lettered)
 # counts in its integration's per-minute `failed` counter, and a dead letter in the
 # per-integration count of dead letters (replay decrements it): the operator reads both into
-# Integration status.
+# Integration status. Log updates are sent once per distinct update: the jobs a batch delivered
+# share theirs (bulk.py), so a call for a hundred of them decodes one, not a hundred.
 # KEYS: jobs, delayed, delayed payloads, dead letters, dead counts, then per outcome its log
 #       record and its counters bucket (all of one hash tag).
-# ARGV[1]: the consumer group, ARGV[2]: the counters' TTL, then per outcome a JSON array
+# ARGV[1]: the consumer group, ARGV[2]: the counters' TTL, ARGV[3]: a JSON array of log
+#          updates, each [field name, value, ...], then per outcome a JSON array
 #          [entry id, mode, job id, job json, due time, integration id, error, failed at,
-#           [log field name, value, ...], failed (0/1)] (one argument each: cheap to send).
+#           log update (1-based index into ARGV[3], 0: none), failed (0/1)] (one argument
+#          each: cheap to send).
 FINISH_SCRIPT = """
+local updates = cjson.decode(ARGV[3])
 local ids = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local a = cjson.decode(ARGV[i])
-  local record, counters = KEYS[6 + 2 * (i - 3)], KEYS[7 + 2 * (i - 3)]
-  local fields = a[9]
-  if #fields > 0 and redis.call('EXISTS', record) == 1 then
+  local record, counters = KEYS[6 + 2 * (i - 4)], KEYS[7 + 2 * (i - 4)]
+  local fields = updates[a[9]]
+  if fields and redis.call('EXISTS', record) == 1 then
     redis.call('HSET', record, unpack(fields))
   end
   if a[2] == 'retry' then
@@ -91,16 +95,19 @@ return #ids
 FINISH = PackedScript(FINISH_SCRIPT)
 FINISH_SHA = FINISH.sha
 _FINISH_KEYS = 5
-_OUTCOME_KEYS = 2
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Completion:
+    """One job's outcome to store, and its entry to ack (not changed once made)."""
+
     entry_id: str
     mode: Finish = Finish.DONE
     job_id: str = ""
     """The job (and log record) id; empty when the entry carries no decodable job."""
     log_fields: Mapping[str, Any] | None = None
+    """The log record's new fields; completions holding the same mapping (the same object)
+    send it once per script call."""
     job_json: str = ""
     due: float = 0.0
     integration_id: str = ""
@@ -108,27 +115,59 @@ class Completion:
     failed: bool = False
     """The job failed for good (counted in the integration's `failed` counter)."""
 
-    def packed(self, keys: AppKeys) -> tuple[bytes, bytes]:
-        """This outcome's two keys and its argument, as RESP bulk strings."""
-        now = time.time()
+
+def pack_completions(keys: AppKeys, outcomes: Sequence[Completion]) -> bytes:
+    """One packed FINISH call storing `outcomes` and acking their entries."""
+    now = time.time()
+    failed_at = repr(now)
+    bucket = counter_bucket(now)
+    record_prefix = keys.log_record_prefix
+    counters: dict[str, bytes] = {}
+    updates: list[list[str]] = []
+    update_of: dict[int, int] = {}  # id(log fields) -> its index in `updates` (1-based)
+    outcome_keys: list[bytes] = []
+    arguments: list[bytes] = []
+    for outcome in outcomes:
+        update = 0
+        fields = outcome.log_fields
+        if fields:
+            update = update_of.get(id(fields), 0)
+            if not update:
+                updates.append(encode_update(fields))
+                update = update_of[id(fields)] = len(updates)
+        integration = outcome.integration_id
+        counter = counters.get(integration)
+        if counter is None:
+            counter = counters[integration] = bulk(
+                keys.counters(integration or "-", bucket).encode()
+            )
+        outcome_keys.append(bulk((record_prefix + (outcome.job_id or "-")).encode()))
+        outcome_keys.append(counter)
+        mode = outcome.mode
         argument = [
-            self.entry_id,
-            self.mode.value,
-            self.job_id,
-            self.job_json,
-            repr(self.due),
-            self.integration_id,
-            self.error[:2000],
-            repr(now),
-            encode_update(self.log_fields) if self.log_fields else [],
-            1 if self.failed or self.mode is Finish.DEAD else 0,
+            outcome.entry_id,
+            mode.value,
+            outcome.job_id,
+            outcome.job_json,
+            repr(outcome.due),
+            integration,
+            outcome.error[:2000],
+            failed_at,
+            update,
+            1 if outcome.failed or mode is Finish.DEAD else 0,
         ]
-        record = keys.log_record(self.job_id or "-")
-        counters = keys.counters(self.integration_id or "-", counter_bucket(now))
-        return (
-            bulk(record.encode()) + bulk(counters.encode()),
-            bulk(to_json(argument)),
-        )
+        arguments.append(bulk(to_json(argument)))
+    return b"".join((
+        evalsha_head(FINISH_SHA, _FINISH_KEYS + len(outcome_keys), 3 + len(arguments)),
+        *(bulk(k.encode()) for k in (
+            keys.jobs, keys.delayed, keys.delayed_payloads, keys.dead_letters, keys.dead_counts
+        )),
+        *outcome_keys,
+        bulk(CONSUMER_GROUP.encode()),
+        bulk(b"%d" % COUNTER_TTL_SECONDS),
+        bulk(to_json(updates)),
+        *arguments,
+    ))  # fmt: skip
 
 
 # Moves due retries back to the jobs stream: XADD and removal in one script, so a job is never
@@ -164,7 +203,7 @@ class Committer:
 
     Each outcome is one atomic script call; while one batch is in flight the next accumulates,
     so under load many jobs share a round trip and at low load nothing waits. Each caller
-    learns whether its own outcome was stored.
+    learns whether its own outcomes were stored.
     """
 
     def __init__(self, redis: RedisClient, keys: AppKeys, max_batch: int = 256) -> None:
@@ -172,20 +211,42 @@ class Committer:
         self.keys = keys
         self._slot_key = keys.jobs.encode()
         self.max_batch = max_batch
-        self._pending: list[tuple[Completion, asyncio.Future[None]]] = []
+        self._pending: list[tuple[Sequence[Completion], asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     async def commit(self, outcome: Completion) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((outcome, future))
+        """Stores one outcome and acks its entry; raises when that failed (not acked)."""
+        await self.commit_many((outcome,))
+
+    async def commit_many(self, outcomes: Sequence[Completion]) -> None:
+        """Stores the outcomes and acks their entries (in calls of at most `max_batch`);
+        raises when any call failed: some may be stored, none is acked without its outcome."""
+        if not outcomes:
+            return
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        for start in range(0, len(outcomes), self.max_batch):
+            future: asyncio.Future[None] = loop.create_future()
+            self._pending.append((outcomes[start : start + self.max_batch], future))
+            futures.append(future)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        await future
+        if len(futures) == 1:
+            await futures[0]
+        else:
+            await asyncio.gather(*futures)
 
     async def _flush(self) -> None:
         while self._pending:
-            batch = self._pending[: self.max_batch]
-            del self._pending[: self.max_batch]
+            # Whole groups, up to `max_batch` outcomes (at least one group).
+            taken, count = 1, len(self._pending[0][0])
+            while taken < len(self._pending) and count + len(self._pending[taken][0]) <= (
+                self.max_batch
+            ):
+                count += len(self._pending[taken][0])
+                taken += 1
+            batch = self._pending[:taken]
+            del self._pending[:taken]
             try:
                 await self._execute(batch)
             except BaseException as exc:  # nobody may wait forever
@@ -197,21 +258,13 @@ class Committer:
                 if not isinstance(exc, Exception):
                     raise
 
-    async def _execute(self, batch: list[tuple[Completion, asyncio.Future[None]]]) -> None:
+    async def _execute(
+        self, batch: list[tuple[Sequence[Completion], asyncio.Future[None]]]
+    ) -> None:
         """One script call for the batch; a failed call fails each of its callers (their
         entries stay pending and are delivered again: at least once)."""
-        packed = [outcome.packed(self.keys) for outcome, _ in batch]
-        keys = self.keys
-        data = b"".join((
-            evalsha_head(FINISH_SHA, _FINISH_KEYS + len(batch) * _OUTCOME_KEYS, 2 + len(batch)),
-            *(bulk(k.encode()) for k in (
-                keys.jobs, keys.delayed, keys.delayed_payloads, keys.dead_letters, keys.dead_counts
-            )),
-            *(k for k, _ in packed),
-            bulk(CONSUMER_GROUP.encode()),
-            bulk(b"%d" % COUNTER_TTL_SECONDS),
-            *(a for _, a in packed),
-        ))  # fmt: skip
+        outcomes = [outcome for group, _ in batch for outcome in group]
+        data = pack_completions(self.keys, outcomes)
         # To the node owning the application's slot; NOSCRIPT loads the script there.
         [reply] = await FINISH.run(self.redis, [(self._slot_key, data)])
         for _, future in batch:

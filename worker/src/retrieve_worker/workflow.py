@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from retrieve_core.config import IntegrationConfig
 from retrieve_core.job import Job
 from retrieve_core.logstore import DestinationResult
-from retrieve_core.mapping import MappingError, compile_mapping, split_records
+from retrieve_core.mapping import FieldMapping, MappingError, compile_mapping, split_records
 from retrieve_core.models import RetrySpec
 from retrieve_core.sandbox import RewriteError, Sandbox, code_key
 
@@ -65,10 +66,6 @@ def backoff_seconds(retry: RetrySpec, attempt: int, rng: random.Random | None = 
     return base / 2 + (rng or random).uniform(0, base / 2)
 
 
-def _records(data: Any) -> list[Any]:
-    return [] if data is None else split_records(data)
-
-
 async def run_workflow(
     job: Job,
     integration: IntegrationConfig,
@@ -108,7 +105,7 @@ async def run_workflow(
             )
         data = result.data
     try:
-        records = [compile_mapping(spec.field_mapping).apply(r) for r in _records(data)]
+        records = mapped_records(compile_mapping(spec.field_mapping), data)
     except MappingError as exc:
         return Outcome(
             Verdict.RETRY, job_status=job_status, message=message, error=str(exc), console=console
@@ -120,32 +117,23 @@ async def run_workflow(
     batched: list[asyncio.Future[BatchOutcome]] = []
     for destination in spec.destinations:
         batch = destination.http.batch if batching is not None else None
-        waiting: list[tuple[int, Any]] = []
-        for index, record in enumerate(records):
-            key = delivery_key(destination.name, index)
-            if key in settled:
-                results.append(
-                    DestinationResult(
-                        name=destination.name,
-                        record=index,
-                        status=settled[key],
-                        body=SETTLED_EARLIER,
-                    )
+        waiting = unsettled_records(destination.name, records, settled, results)
+        if batch is not None and batching is not None:
+            if waiting:
+                batched.append(
+                    await batching.submit(destination, batch, spec.retry, job.id, waiting)
                 )
-            elif batch is not None:
-                waiting.append((index, record))
-            else:
-                sends.append(
-                    deliver(
-                        client,
-                        destination,
-                        encode_record(record),
-                        key=idempotency_key(job.id, destination.name, index),
-                        record_index=index,
-                    )
+            continue
+        for index, record in waiting:
+            sends.append(
+                deliver(
+                    client,
+                    destination,
+                    encode_record(record),
+                    key=idempotency_key(job.id, destination.name, index),
+                    record_index=index,
                 )
-        if waiting and batching is not None and batch is not None:
-            batched.append(await batching.submit(destination, batch, spec.retry, job.id, waiting))
+            )
     exhausted = False
     if batched and batching is not None:
         batching.park()
@@ -161,18 +149,77 @@ async def run_workflow(
         deliveries = [await sends[0]]
     else:
         deliveries = list(await asyncio.gather(*sends))
+    return conclude(
+        deliveries,
+        results,
+        settled,
+        exhausted=exhausted,
+        job_status=job_status,
+        message=message,
+        console=console,
+        rewrite_seconds=rewrite_seconds,
+    )
 
+
+def mapped_records(mapping: FieldMapping, data: Any) -> list[Any]:
+    """The records of `data` (the payload, or a rewrite's output), each through the field
+    mapping; MappingError when an expression fails."""
+    if data is None:
+        return []
+    return [mapping.apply(record) for record in split_records(data)]
+
+
+def unsettled_records(
+    destination: str,
+    records: list[Any],
+    settled: Mapping[str, int],
+    results: list[DestinationResult],
+) -> list[tuple[int, Any]]:
+    """The (index, record) pairs still to send to `destination`; a record an earlier attempt
+    settled gets its result appended to `results` instead."""
+    if not settled:
+        return list(enumerate(records))
+    waiting: list[tuple[int, Any]] = []
+    for index, record in enumerate(records):
+        status = settled.get(delivery_key(destination, index))
+        if status is None:
+            waiting.append((index, record))
+        else:
+            results.append(
+                DestinationResult(
+                    name=destination, record=index, status=status, body=SETTLED_EARLIER
+                )
+            )
+    return waiting
+
+
+def conclude(
+    deliveries: list[Delivery],
+    results: list[DestinationResult],
+    settled: dict[str, int],
+    *,
+    exhausted: bool = False,
+    job_status: int | None = None,
+    message: str = "",
+    console: list[str] | None = None,
+    rewrite_seconds: float | None = None,
+) -> Outcome:
+    """The verdict once every record was sent (or settled earlier): `results` gains the
+    deliveries' results, `settled` the deliveries that need not go again."""
     errors: list[str] = []
     retry = refused = False
     for delivery in deliveries:
-        outcome = delivery.result
-        results.append(outcome)
-        if delivery.delivered or not delivery.retryable:
-            settled[delivery_key(outcome.name, outcome.record)] = outcome.status or 0
-        if not delivery.delivered:
-            errors.append(outcome.error)
-            retry = retry or delivery.retryable
-            refused = refused or not delivery.retryable
+        result = delivery.result
+        results.append(result)
+        if delivery.delivered:
+            settled[delivery_key(result.name, result.record)] = result.status or 0
+            continue
+        errors.append(result.error)
+        if delivery.retryable:
+            retry = True
+        else:  # refused for good: not sent again
+            refused = True
+            settled[delivery_key(result.name, result.record)] = result.status or 0
     refused = refused or any(not is_delivered(status) for status in settled.values())
     if retry:
         verdict = Verdict.RETRY
@@ -180,14 +227,18 @@ async def run_workflow(
         verdict = Verdict.FAILED
     else:
         verdict = Verdict.SUCCEEDED
-    error = "; ".join(errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
+    error = ""
+    if errors:
+        error = "; ".join(errors[:5])
+        if len(errors) > 5:
+            error += f"; and {len(errors) - 5} more"
     return Outcome(
         verdict,
         job_status=job_status,
         message=message,
         error=error,
         destinations=results[:MAX_LOGGED_DELIVERIES],
-        console=console,
+        console=console if console is not None else [],
         deliveries=settled,
         rewrite_seconds=rewrite_seconds,
         exhausted=exhausted and verdict is Verdict.RETRY,
