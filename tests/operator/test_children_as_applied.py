@@ -13,9 +13,11 @@ from retrieve_operator.plan import (
     ANNOTATION_DESIRED_DIGEST,
     child_key,
     covers,
+    index_child,
     seen_child,
     with_digest,
 )
+from retrieve_operator.reconcile import World
 
 pytestmark = pytest.mark.unit
 
@@ -85,3 +87,57 @@ def test_a_child_is_kept_as_seen_without_its_managed_fields() -> None:
     assert kept["status"] == {"x": 1}
     assert key == child_key(served)
     assert covers(kept, with_digest(config_map(key="1")))
+
+
+def test_the_children_index_gives_each_child_as_last_seen() -> None:
+    served = as_served(with_digest(config_map(key="1")))
+    indexed = index_child(served)
+    key = ("v1", "ConfigMap", "shop", "yourapp-config")
+    assert list(indexed) == [key]
+    world = World(applications={}, integrations_by_app={}, integrations_by_id={},
+                  children={k: [v] for k, v in indexed.items()})  # fmt: skip
+    seen = world.child(key)
+    assert seen is not None
+    assert "managedFields" not in seen["metadata"]
+    assert covers(seen, with_digest(config_map(key="1")))
+    assert world.child(("v1", "ConfigMap", "shop", "other-config")) is None
+
+
+def http_route(*sections: str) -> dict[str, Any]:
+    parents = [
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw", "sectionName": s}
+        for s in sections
+    ]
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "yourapp-webhook", "namespace": "shop"},
+        "spec": {"parentRefs": parents, "hostnames": ["webhook-yourapp.example"]},
+    }
+
+
+def test_an_http_route_on_two_listeners_of_one_gateway_covers_its_desired_state() -> None:
+    # parentRefs name the Gateway once per listener: not told apart by name.
+    desired = with_digest(http_route("web", "websecure"))
+    assert covers(as_served(desired), desired)
+
+
+def test_an_http_route_that_lost_one_of_two_listeners_is_out_of_date() -> None:
+    desired = with_digest(http_route("web", "websecure"))
+    drifted = as_served(desired, spec={**desired["spec"]})
+    drifted["spec"]["parentRefs"] = desired["spec"]["parentRefs"][:1]
+    assert not covers(drifted, desired)
+    swapped = as_served(desired, spec={**desired["spec"]})
+    swapped["spec"]["parentRefs"] = [
+        {**p, "sectionName": "web"} for p in desired["spec"]["parentRefs"]
+    ]
+    assert not covers(swapped, desired)
+
+
+def test_items_with_unique_names_match_by_name_whatever_else_the_list_holds() -> None:
+    desired = {"env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]}
+    served = {
+        "env": [{"name": "B", "value": "2"}, {"name": "INJECTED"}, {"name": "A", "value": "1"}, {}]
+    }
+    assert covers(served, desired)
+    assert not covers({"env": [{"name": "A", "value": "1"}]}, desired)

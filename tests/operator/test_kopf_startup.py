@@ -1,10 +1,13 @@
 """kopf's "everything is indexed" toggle set, as installed by kopf_startup: waiters are woken
-when the set's state changes, not on every toggle made or dropped, with kopf's semantics."""
+when the set's state changes, not on every toggle made or dropped, with kopf's semantics; and
+the bodies kopf holds meanwhile lose their managedFields."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import kopf
 import pytest
 from kopf._cogs.aiokits import aiotoggles
 
@@ -67,3 +70,26 @@ async def test_an_any_set_still_wakes_its_waiters_when_a_toggle_turns_on_or_a_ne
     await paused.drop_toggles(list(paused))
     await asyncio.wait_for(off, timeout=10)
     assert paused.is_off()
+
+
+def test_the_managed_fields_are_dropped_from_the_parsed_body_kopf_holds() -> None:
+    raw: Any = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "yourapp-receiver",
+            "annotations": {"retrievetl.com/desired-digest": "abc"},
+            "managedFields": [{"manager": "retrieve-operator", "fieldsV1": {"f:spec": {}}}],
+        },
+        "spec": {"replicas": 2},
+    }
+    body = kopf.Body(raw)
+    kopf_startup.drop_managed_fields(body)
+    assert raw["metadata"] == {
+        "name": "yourapp-receiver",
+        "annotations": {"retrievetl.com/desired-digest": "abc"},
+    }
+    assert body.meta.annotations == {"retrievetl.com/desired-digest": "abc"}
+    assert raw["spec"] == {"replicas": 2}
+    unusual: Any = {"kind": "Unusual"}
+    kopf_startup.drop_managed_fields(kopf.Body(unusual))  # no metadata: nothing to do

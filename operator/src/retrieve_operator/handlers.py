@@ -4,7 +4,9 @@ Run with ``retrieve operator`` or ``kopf run -A -m retrieve_operator.handlers``.
 
 Handlers:
 - startup/cleanup: kopf settings (settings.py), the API client and the reconciler.
-- indexes: RetrieveApplications by (namespace, name); Integrations by application and by id.
+- indexes: RetrieveApplications by (namespace, name); Integrations by application and by id;
+  the children as last seen. Each index function first drops the body's managedFields (kopf
+  holds every listed body until everything is indexed: kopf_startup.py).
 - RetrieveApplication: create/update/resume reconcile; a timer resyncs; deletion (event) tells
   its Integrations their application is gone.
 - Integration: create/update/resume/deletion reconcile its application and every application
@@ -37,7 +39,7 @@ from . import kopf_startup, kube, plan
 from .gateway import GATEWAY_API_VERSION, HTTPROUTE_PLURAL
 from .kube import KubeApi
 from .metrics import OperatorMetrics
-from .plan import AppKey, ObjectRecord
+from .plan import AppKey, ChildKey, ObjectRecord
 from .reconcile import Reconciler, World
 from .settings import (
     OperatorOptions,
@@ -60,6 +62,7 @@ STATUS_INTERVAL_SECONDS = status_interval_seconds()
 APPLICATIONS_INDEX = "retrieve_applications"
 BY_APPLICATION_INDEX = "integrations_by_app"
 BY_ID_INDEX = "integrations_by_id"
+CHILDREN_INDEX = "retrieve_children"
 
 
 def _reconciler(memo: Any) -> Reconciler:
@@ -90,6 +93,7 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **indexes: Any) -
         applications=indexes[APPLICATIONS_INDEX],
         integrations_by_app=indexes[BY_APPLICATION_INDEX],
         integrations_by_id=indexes[BY_ID_INDEX],
+        children=indexes[CHILDREN_INDEX],
     )
     metrics = OperatorMetrics()
     metrics.serve(operator_metrics_port())
@@ -123,6 +127,7 @@ async def stop(*, memo: Any, **_: Any) -> None:
 # async: kopf runs a plain function in a thread pool, a cost per watch event.
 @kopf.index(*APPLICATION, id=APPLICATIONS_INDEX)
 async def index_application(*, body: kopf.Body, **_: Any) -> dict[AppKey, ObjectRecord]:
+    kopf_startup.drop_managed_fields(body)
     return plan.index_application(body)
 
 
@@ -130,12 +135,26 @@ async def index_application(*, body: kopf.Body, **_: Any) -> dict[AppKey, Object
 async def index_integration_by_application(
     *, body: kopf.Body, **_: Any
 ) -> dict[AppKey, ObjectRecord]:
+    kopf_startup.drop_managed_fields(body)
     return plan.index_integration_by_application(body)
 
 
 @kopf.index(*INTEGRATION, id=BY_ID_INDEX)
 async def index_integration_by_id(*, body: kopf.Body, **_: Any) -> dict[str, ObjectRecord]:
+    kopf_startup.drop_managed_fields(body)
     return plan.index_integration_by_id(body)
+
+
+# A pass writes only the children that are not already as desired (reconcile.py); being an
+# index, they are all known before the first pass after a restart.
+@kopf.index("apps/v1", "deployments", labels=CHILD_LABELS, id=CHILDREN_INDEX)
+@kopf.index("v1", "services", labels=CHILD_LABELS, id=CHILDREN_INDEX)
+@kopf.index("v1", "configmaps", labels=CHILD_LABELS, id=CHILDREN_INDEX)
+@kopf.index("networking.k8s.io/v1", "ingresses", labels=CHILD_LABELS, id=CHILDREN_INDEX)
+@kopf.index("batch/v1", "cronjobs", labels=CHILD_LABELS, id=CHILDREN_INDEX)
+async def index_child(*, body: kopf.Body, **_: Any) -> dict[ChildKey, str]:
+    kopf_startup.drop_managed_fields(body)
+    return plan.index_child(body)
 
 
 # ----------------------------------------------------------------------------- applications
@@ -163,10 +182,7 @@ def _deleted(*, type: str, **_: Any) -> bool:
 
 
 def _drifted(*, type: str, body: kopf.Body, memo: Any, **_: Any) -> bool:
-    # Every event of a child passes here: the reconciler also keeps it as last seen, so a pass
-    # writes only what is not already as desired. (Not a kopf index: kopf would hold every
-    # child's body until all were listed, hundreds of MiB at a restart with thousands.)
-    return _reconciler(memo).child_seen(type, body) is not None
+    return _reconciler(memo).drifted(type, body) is not None
 
 
 @kopf.on.event(*APPLICATION, id="deleted", when=_deleted)
@@ -230,6 +246,9 @@ async def child_event(*, type: str, body: kopf.Body, memo: Any, **_: Any) -> Non
 # Only with the RBAC to watch them (else kopf's watch would be refused). kopf starts the watch
 # when the Gateway API CRDs appear, also after the operator started.
 if gateway_api_enabled():
+    kopf.index(GATEWAY_API_VERSION, HTTPROUTE_PLURAL, labels=CHILD_LABELS, id=CHILDREN_INDEX)(
+        index_child
+    )
     kopf.on.event(
         GATEWAY_API_VERSION, HTTPROUTE_PLURAL, labels=CHILD_LABELS, id="drift", when=_drifted
     )(child_event)

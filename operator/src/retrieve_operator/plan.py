@@ -8,7 +8,6 @@ and writes the statuses this module computes.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Collection, Iterable, Mapping
@@ -103,8 +102,10 @@ def record_from_body(body: Mapping[str, Any]) -> ObjectRecord:
         uid=str(meta.get("uid") or ""),
         generation=int(generation) if generation is not None else None,
         created=str(meta.get("creationTimestamp") or ""),
-        spec=copy.deepcopy(dict(body.get("spec") or {})),
-        status=copy.deepcopy(dict(body.get("status") or {})),
+        # Not deep copies: kopf never changes a body it parsed (a new version is a new body),
+        # and while kopf holds every listed body at a restart, copies would double them.
+        spec=dict(body.get("spec") or {}),
+        status=dict(body.get("status") or {}),
         deleting=bool(meta.get("deletionTimestamp")),
         resource_version=str(meta.get("resourceVersion") or ""),
     )
@@ -449,8 +450,9 @@ def status_patch_needed(current: Mapping[str, Any], desired: Mapping[str, Any]) 
 
 def covers(actual: Any, desired: Any) -> bool:
     """Whether `actual` has every field of `desired` with the same value (server-side apply's
-    view: fields set by the API server or by other managers are not drift). Lists of named
-    items match by name; other lists are atomic."""
+    view: fields set by the API server or by other managers are not drift). Lists of items
+    with unique names match by name; other lists are atomic (an HTTPRoute's parentRefs name
+    one Gateway once per listener: items told apart by more than their name)."""
     if isinstance(desired, Mapping):
         return isinstance(actual, Mapping) and all(
             key in actual and covers(actual[key], value) for key, value in desired.items()
@@ -459,12 +461,20 @@ def covers(actual: Any, desired: Any) -> bool:
         if not isinstance(actual, list):
             return False
         if desired and all(isinstance(d, Mapping) and "name" in d for d in desired):
-            by_name = {a.get("name"): a for a in actual if isinstance(a, Mapping)}
-            return all(d["name"] in by_name and covers(by_name[d["name"]], d) for d in desired)
+            wanted, present = _by_name(desired), _by_name(actual)
+            if wanted is not None and present is not None:
+                return all(n in present and covers(present[n], d) for n, d in wanted.items())
         return len(actual) == len(desired) and all(
             covers(a, d) for a, d in zip(actual, desired, strict=True)
         )
     return bool(actual == desired)
+
+
+def _by_name(items: list[Any]) -> dict[Any, Mapping[str, Any]] | None:
+    """name -> item, of the items that have a name; None when two share one."""
+    named = [item for item in items if isinstance(item, Mapping) and "name" in item]
+    by_name = {item["name"]: item for item in named}
+    return by_name if len(by_name) == len(named) else None
 
 
 # ------------------------------------------------------------------------------- children
@@ -503,3 +513,9 @@ def seen_child(body: Mapping[str, Any]) -> tuple[ChildKey, str]:
     meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
     trimmed = {**body, "metadata": meta}
     return child_key(trimmed), json.dumps(trimmed, separators=(",", ":"))
+
+
+def index_child(body: Mapping[str, Any]) -> dict[ChildKey, str]:
+    """The value of the operator's kopf index of its children: each as last seen."""
+    key, text = seen_child(body)
+    return {key: text}

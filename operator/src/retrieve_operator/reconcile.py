@@ -21,7 +21,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Collection, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeVar
 
 import kopf
@@ -83,7 +83,6 @@ from .plan import (
     plan_application,
     plan_missing_application,
     secret_names,
-    seen_child,
     status_patch_needed,
     with_digest,
     with_route_problem,
@@ -103,6 +102,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATUS_WRITERS: Final = 16
+# A pass holds its plan and its built children while it waits for the API server, which answers
+# a client's POOL_SIZE (kube.py) requests at a time anyway: after a restart, all 500 passes of
+# 5,000 Integrations at once held ~20 MiB more than 32 at a time, and were no faster.
+PASSES_AT_ONCE: Final = 32
 REWRITE_TEST_RUNNERS: Final = 2
 REWRITE_CACHE_SIZE: Final = 2048
 WRITTEN_STATUS_CACHE_SIZE: Final = 20_000
@@ -117,11 +120,13 @@ QUIET_REASONS: Final = frozenset(
 
 @dataclass(frozen=True)
 class World:
-    """kopf's in-memory indexes of the custom resources (see handlers.py)."""
+    """kopf's in-memory indexes of the custom resources and the children (see handlers.py)."""
 
     applications: Mapping[AppKey, Collection[ObjectRecord]]
     integrations_by_app: Mapping[AppKey, Collection[ObjectRecord]]
     integrations_by_id: Mapping[str, Collection[ObjectRecord]]
+    children: Mapping[ChildKey, Collection[str]] = field(default_factory=dict)
+    """Each child as last seen on its watch (plan.seen_child)."""
 
     def application(self, key: AppKey) -> ObjectRecord | None:
         for record in self.applications.get(key, ()):
@@ -133,6 +138,31 @@ class World:
 
     def claimant_apps(self, integration_id: str) -> set[AppKey]:
         return {r.app_key for r in self.integrations_by_id.get(integration_id, ())}
+
+    def child(self, key: ChildKey) -> dict[str, Any] | None:
+        for text in self.children.get(key, ()):
+            seen: dict[str, Any] = json.loads(text)
+            return seen
+        return None
+
+
+@dataclass(frozen=True)
+class DesiredChild:
+    """A child as last applied (or found as desired): its application's name, and the manifest
+    as compact JSON (parsed when one of its events needs a look; thousands are kept)."""
+
+    application: str
+    text: str
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> DesiredChild:
+        application = str(manifest["metadata"]["labels"].get(LABEL_INSTANCE))
+        return cls(application, json.dumps(manifest, separators=(",", ":")))
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.text)
+        return parsed
 
 
 def _rewrite_digest(spec: IntegrationSpec) -> str | None:
@@ -169,8 +199,7 @@ class Reconciler:
         self._requested: dict[AppKey, int] = {}
         self._served: dict[AppKey, int] = {}
         self._outcome: dict[AppKey, Condition] = {}
-        self._desired: dict[ChildKey, Manifest] = {}
-        self._seen: dict[ChildKey, str] = {}  # children as last seen (plan.seen_child)
+        self._desired: dict[ChildKey, DesiredChild] = {}
         self._versions: dict[ChildKey, str] = {}
         # What each HTTPRoute's status.parents said when last reflected in its app's status:
         # a Gateway's new verdict (a status-only change) is a reason to reconcile.
@@ -183,6 +212,7 @@ class Reconciler:
         self._rewrite_results: OrderedDict[str, str | None] = OrderedDict()
         self._rewrite_slots = asyncio.Semaphore(REWRITE_TEST_RUNNERS)
         self._status_slots = asyncio.Semaphore(STATUS_WRITERS)
+        self._pass_slots = asyncio.Semaphore(PASSES_AT_ONCE)
 
     async def close(self) -> None:
         await self.api.close()
@@ -204,8 +234,8 @@ class Reconciler:
         """Its children go with the garbage collector; its Integrations lose their app."""
         gone = [
             child
-            for child, manifest in self._desired.items()
-            if child[2] == key[0] and manifest["metadata"]["labels"].get(LABEL_INSTANCE) == key[1]
+            for child, desired in self._desired.items()
+            if child[2] == key[0] and desired.application == key[1]
         ]
         for child in gone:
             self._forget(child)
@@ -238,16 +268,6 @@ class Reconciler:
             keys |= self.world.claimant_apps(integration_id_of(r))
         await self._gather(self.reconcile(key) for key in sorted(keys))
 
-    def child_seen(self, event_type: str | None, body: Mapping[str, Any]) -> AppKey | None:
-        """Every event of a child: keep it as last seen (a pass writes only the children that
-        are not already as desired), and say which application to reconcile for it, if any."""
-        key, text = seen_child(body)
-        if event_type == "DELETED":
-            self._seen.pop(key, None)
-        else:
-            self._seen[key] = text
-        return self.drifted(event_type, body)
-
     def drifted(self, event_type: str | None, body: Mapping[str, Any]) -> AppKey | None:
         """The application to reconcile for a child's event: deleted, or no longer as applied.
 
@@ -262,9 +282,12 @@ class Reconciler:
         if event_type is None or app is None or app.deleting:
             return None
         if event_type != "DELETED":
-            child = child_key(body)
-            desired = self._desired.get(child)
-            if desired is not None and covers(body, desired) and not self._new_verdict(body):
+            desired = self._desired.get(child_key(body))
+            if (
+                desired is not None
+                and covers(body, desired.manifest)
+                and not self._new_verdict(body)
+            ):
                 return None
         return key
 
@@ -291,24 +314,26 @@ class Reconciler:
     # ------------------------------------------------------------------- one pass
 
     async def reconcile(self, key: AppKey, *, resync: bool = False) -> None:
-        """Serialised and coalesced per application; kube errors become kopf retries."""
+        """Serialised and coalesced per application, at most PASSES_AT_ONCE applications at
+        a time; kube errors become kopf retries."""
         ticket = self._requested[key] = self._requested.get(key, 0) + 1
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             if self._served.get(key, 0) >= ticket and not resync:
                 return
-            started = self._requested[key]
-            clock = time.monotonic()
-            try:
-                await self._reconcile(key, resync=resync)
-            except NamespaceTerminating:
-                log.debug("%s/%s: the namespace is being deleted; nothing to do", *key)
-            except KubeError as exc:
-                self.metrics.reconciles.labels("error").inc()
-                delay = FORBIDDEN_RETRY_DELAY if exc.status == 403 else RETRY_DELAY
-                raise kopf.TemporaryError(f"{key[0]}/{key[1]}: {exc}", delay=delay) from exc
-            finally:
-                self.metrics.reconcile_seconds.observe(time.monotonic() - clock)
+            async with self._pass_slots:
+                started = self._requested[key]
+                clock = time.monotonic()
+                try:
+                    await self._reconcile(key, resync=resync)
+                except NamespaceTerminating:
+                    log.debug("%s/%s: the namespace is being deleted; nothing to do", *key)
+                except KubeError as exc:
+                    self.metrics.reconciles.labels("error").inc()
+                    delay = FORBIDDEN_RETRY_DELAY if exc.status == 403 else RETRY_DELAY
+                    raise kopf.TemporaryError(f"{key[0]}/{key[1]}: {exc}", delay=delay) from exc
+                finally:
+                    self.metrics.reconcile_seconds.observe(time.monotonic() - clock)
             self.metrics.reconciles.labels("ok").inc()
             self._served[key] = started
 
@@ -449,11 +474,10 @@ class Reconciler:
         return problem
 
     async def _current(self, key: ChildKey) -> dict[str, Any] | None:
-        """The child as last seen on its watch, else as the API server has it (a restart's
-        first pass may come before the watch has listed it)."""
-        text = self._seen.get(key)
-        if text is not None:
-            seen: dict[str, Any] = json.loads(text)
+        """The child as last seen on its watch, else as the API server has it (one that no
+        longer carries our labels, say)."""
+        seen = self.world.child(key)
+        if seen is not None:
             return seen
         return await self.api.get(*key)
 
@@ -480,7 +504,7 @@ class Reconciler:
         desired = with_digest(manifest)
         key = child_key(desired)
         before = self._versions.get(key)
-        self._desired[key] = desired
+        self._desired[key] = DesiredChild.of(desired)
         current = await self._current(key)
         if (
             current is not None

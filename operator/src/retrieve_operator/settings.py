@@ -56,6 +56,7 @@ CHILD_RESOURCES: Final = (
     ("v1", "services"),
     ("v1", "configmaps"),
     ("networking.k8s.io/v1", "ingresses"),
+    ("batch/v1", "cronjobs"),
     (GATEWAY_API_VERSION, HTTPROUTE_PLURAL),
 )
 
