@@ -139,7 +139,7 @@ users: [{name: $1, user: {token: "$token"}}]
 contexts: [{name: $1, context: {cluster: node, user: $1}}]
 current-context: $1
 EOF
-  echo "$token" >"$CFG/$1.token"
+  printf '%s' "$token" >"$CFG/$1.token" # no newline: Traefik reads the file as it is
 }
 token_for admin admin system:masters
 token_for kubelet "system:node:$NODE_NAME" system:nodes
@@ -346,19 +346,20 @@ node_log "Traefik on $INGRESS_ADDR (Ingress class traefik, Gateway API when its 
 # allowEmptyServices: while no receiver pod is ready (e.g. Redis restarting, so every /readyz
 # answers 503), Traefik answers 503 -- which senders retry -- instead of dropping the route and
 # answering 404, which a sender may take as "this URL is gone".
+# The token by its file path (Traefik's FileOrContent), never on the command line (`ps` shows it).
 start traefik "$NODE_BIN/traefik" --log.level=INFO --log.noColor=true --ping=true \
   --global.checkNewVersion=false \
   --global.sendAnonymousUsage=false \
   --entryPoints.web.address="$INGRESS_ADDR" --entryPoints.traefik.address=127.0.0.1:9000 \
   --providers.kubernetesingress=true \
   --providers.kubernetesingress.endpoint="$API_SERVER" \
-  --providers.kubernetesingress.token="$(<"$CFG/traefik.token")" \
+  --providers.kubernetesingress.token="$CFG/traefik.token" \
   --providers.kubernetesingress.certAuthFilePath="$PKI/ca.crt" \
   --providers.kubernetesingress.ingressEndpoint.ip="$NODE_IP" \
   --providers.kubernetesingress.allowEmptyServices=true \
   --providers.kubernetesgateway=true \
   --providers.kubernetesgateway.endpoint="$API_SERVER" \
-  --providers.kubernetesgateway.token="$(<"$CFG/traefik.token")" \
+  --providers.kubernetesgateway.token="$CFG/traefik.token" \
   --providers.kubernetesgateway.certAuthFilePath="$PKI/ca.crt" \
   --providers.kubernetesgateway.statusAddress.ip="$NODE_IP"
 wait_for "Traefik /ping" traefik 30 in_node curl -sf http://127.0.0.1:9000/ping

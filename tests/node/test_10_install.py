@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from tests.support import node
@@ -53,6 +56,18 @@ def test_the_ingress_is_admitted_by_traefik() -> None:
     assert ingress["spec"].get("ingressClassName") == "traefik"
     balancer = ingress.get("status", {}).get("loadBalancer", {}).get("ingress", [])
     assert [b.get("ip") for b in balancer] == [node.NODE_IP]
+
+
+def test_traefik_reads_its_api_token_from_a_file_never_from_its_command_line() -> None:
+    state = Path(os.environ.get("RETRIEVE_NODE_STATE", "/var/lib/retrieve-node"))
+    token_file = state / "config" / "traefik.token"
+    token = token_file.read_text(encoding="utf-8")
+    assert len(token) == 32, "the token file holds the bare token, no newline"
+    pid = (state / "run" / "traefik.pid").read_text(encoding="utf-8").strip()
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert any(b"traefik" in arg for arg in argv[:1]), argv[:1]
+    assert not [arg for arg in argv if token.encode() in arg]  # not visible in `ps`
+    assert f"--providers.kubernetesingress.token={token_file}".encode() in argv
 
 
 def test_nothing_was_pulled_from_a_registry() -> None:
