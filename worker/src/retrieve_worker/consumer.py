@@ -86,6 +86,14 @@ class Slots:
         self.free -= more
         return 1 + more
 
+    def try_take(self, wanted: int) -> int:
+        """Takes up to `wanted` slots if one is free now and nobody waits; 0 otherwise."""
+        if self.free <= 0 or self._waiters:
+            return 0
+        taken = min(wanted, self.free)
+        self.free -= taken
+        return taken
+
     def release(self, count: int = 1) -> None:
         self.free += count
         while self.free > 0 and self._waiters:
@@ -129,6 +137,7 @@ class AppConsumer:
         bodies = {
             "read": self._read_loop,
             "claim": self._claim_loop,
+            "keep-alive": self._keep_alive_loop,
             "move": self._move_loop,
             "trim": self._trim_loop,
             "sample": self._sample_loop,
@@ -210,8 +219,24 @@ class AppConsumer:
     # ------------------------------------------------------------------ reading
 
     async def _acquire_slots(self, wanted: int) -> int:
-        """Waits for one free slot, then takes as many more as are free now (up to `wanted`)."""
-        return await self.slots.take(wanted)
+        """Waits for one free slot, then takes as many more as are free now (up to `wanted`);
+        0 once the consumer is stopping: a loop waiting for slots (every job waiting for a
+        down destination's backoff) must not hold up the shutdown."""
+        taken = self.slots.try_take(wanted)
+        if taken or self._stopping.is_set():
+            return taken
+        take = asyncio.ensure_future(self.slots.take(wanted))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({take, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            if take.done() and not take.cancelled():
+                self.slots.release(take.result())
+            raise
+        finally:
+            stopping.cancel()
+            take.cancel()  # a slot handed to it meanwhile goes back (`Slots.take`)
+        return take.result() if take.done() and not take.cancelled() else 0
 
     def _release_slots(self, count: int) -> None:
         self.slots.release(count)
@@ -225,6 +250,8 @@ class AppConsumer:
         cursor = "0"
         while not self._stopping.is_set():
             taken = await self._acquire_slots(self.settings.read_count)
+            if not taken:
+                continue  # stopping
             try:
                 reply = await self.redis.xreadgroup(
                     CONSUMER_GROUP,
@@ -309,8 +336,17 @@ class AppConsumer:
     async def _claim_loop(self, beat: Beat) -> None:
         await self.ready.wait()
         while not self._stopping.is_set():
-            await self._keep_alive()
             await self.claim_once()
+            beat()
+            await self._pause(self.settings.claim_interval_seconds)
+
+    async def _keep_alive_loop(self, beat: Beat) -> None:
+        """A loop of its own, not a step of the claim loop: a claim pass waits for free slots,
+        and while every slot is busy (jobs waiting for their batches) our own entries must
+        still be kept alive, or another worker would claim and send them again."""
+        await self.ready.wait()
+        while not self._stopping.is_set():
+            await self._keep_alive()
             beat()
             await self._pause(self.settings.claim_interval_seconds)
 
@@ -327,15 +363,19 @@ class AppConsumer:
         """Takes over entries idle longer than `claim_idle_ms`, honouring XAUTOCLAIM's cursor.
 
         The pass ends at entries added less than `claim_idle_ms` ago (by the Redis clock that
-        made their ids): none of them can have been idle that long, and while a backlog is
-        read the pass would otherwise follow the read loop to its end, a round trip (and the
-        free slots) per `read_count` entries."""
+        made their ids) once a call there claimed nothing: none of them can have been idle that
+        long, and while a backlog is read the pass would otherwise follow the read loop to its
+        end, a round trip (and the free slots) per `read_count` entries. Only an empty call
+        ends it: ids ahead of `TIME` (a clock stepped back, a failover to a node whose clock is
+        behind, or `TIME` answered by another cluster node) must not stop it while it claims."""
         seconds, microseconds = await self.redis.time()
         horizon = seconds * 1000 + microseconds // 1000 - self.settings.claim_idle_ms
         cursor: Any = "0-0"
         claimed = 0
         while not self._stopping.is_set():
             taken = await self._acquire_slots(self.settings.read_count)
+            if not taken:
+                break  # stopping
             try:
                 reply = await self.redis.xautoclaim(
                     self.keys.jobs,
@@ -362,7 +402,7 @@ class AppConsumer:
                 self._start(fresh, counts)
                 claimed += len(fresh)
             next_id = as_text(cursor)
-            if next_id == "0-0" or int(next_id.split("-", 1)[0]) > horizon:
+            if next_id == "0-0" or (not entries and int(next_id.split("-", 1)[0]) > horizon):
                 break
         return claimed
 
