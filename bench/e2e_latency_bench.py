@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harness.gobuild import build_go  # noqa: E402
 from harness.waits import free_port, wait_http  # noqa: E402
 from retrieve_cli.redis_server import RedisServer  # noqa: E402
 
@@ -133,15 +135,20 @@ def retrieve(*args: str) -> subprocess.Popen[bytes]:
     )
 
 
-def send(url: str, rate: int, seconds: float, senders: int) -> dict[str, Any]:
+def send(
+    url: str, rate: int, seconds: float, senders: int, gosender: Path | None = None
+) -> dict[str, Any]:
     """`rate` webhooks/s for `seconds`, from `senders` processes at once; what they sent."""
     share = [rate // senders + (1 if n < rate % senders else 0) for n in range(senders)]
+
+    def command(part: int) -> list[str]:
+        if gosender is not None:
+            return [str(gosender), "-url", url, "-rate", str(part), "-seconds", str(seconds)]
+        return [sys.executable, "-c", SENDER, url, str(part), str(seconds)]
+
+    env = {**os.environ, "GOMAXPROCS": "1"}
     running = [
-        subprocess.Popen(
-            [sys.executable, "-c", SENDER, url, str(part), str(seconds)], stdout=subprocess.PIPE
-        )
-        for part in share
-        if part
+        subprocess.Popen(command(part), stdout=subprocess.PIPE, env=env) for part in share if part
     ]
     total: dict[str, Any] = {"sent": 0, "rps": 0.0, "statuses": {}}
     for process in running:
@@ -161,6 +168,7 @@ def percentile(data: list[float], p: float) -> float:
 
 
 def main(args: argparse.Namespace) -> None:
+    gosender = build_go(REPO / "bench" / "gosender") if args.sender == "go" else None
     workdir = Path(tempfile.mkdtemp(prefix="retrieve-latency-"))
     redis = RedisServer().start()
     sink_port, port, admin, worker_admin = free_port(), free_port(), free_port(), free_port()
@@ -179,17 +187,17 @@ def main(args: argparse.Namespace) -> None:
         wait_http(f"http://127.0.0.1:{admin}/readyz")
         wait_http(f"http://127.0.0.1:{worker_admin}/readyz")
         wait_http(f"{sink_url}/stats")
+        print(f"senders: {args.senders} x {args.sender}")
         print(f"{'':28} {'sent/s':>8} {'records':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
         for rate in args.rates:
             for label, integration in (("unbatched", PLAIN), ("batched", BATCHED)):
                 url = f"http://127.0.0.1:{port}/integration/{integration}"
                 # Warm-up (connections, JIT-less caches), then the measured run.
-                subprocess.run([sys.executable, "-c", SENDER, url, "200", "1"], check=True,
-                               capture_output=True)  # fmt: skip
+                send(url, 200, 1, 1, gosender)
                 time.sleep(1 + args.wait_ms / 1000)
                 urllib.request.urlopen(f"{sink_url}/stats").read()
                 load = os.getloadavg()[0]
-                sent = send(url, rate, args.seconds, args.senders)
+                sent = send(url, rate, args.seconds, args.senders, gosender)
                 time.sleep(2 + args.wait_ms / 1000)  # the last records arrive
                 with urllib.request.urlopen(f"{sink_url}/stats") as answer:
                     latencies: list[float] = json.loads(answer.read())
@@ -220,4 +228,11 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--wait-ms", type=int, default=50, help="batch.maxWaitMs")
     parser.add_argument("--senders", type=int, default=1, help="sender processes per rate")
+    parser.add_argument(
+        "--sender",
+        choices=["go", "python"],
+        default="go" if shutil.which("go") else "python",
+        help="go: bench/gosender on one core (default when Go is installed); python: the "
+        "worker's HTTP client on uvloop, which takes CPU from what is measured",
+    )
     main(parser.parse_args())

@@ -23,7 +23,6 @@ the load generator and Redis). Usage:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -41,11 +40,11 @@ import redis as redis_sync
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harness.gobuild import build_go  # noqa: E402
 from harness.waits import free_port, wait_http, wait_listening  # noqa: E402
 from retrieve_cli.redis_server import RedisServer  # noqa: E402
 
 GOPEER = REPO / "bench" / "gopeer"
-CACHE = Path(os.environ.get("RETRIEVE_BENCH_CACHE", Path.home() / ".cache" / "retrieve-bench"))
 INTEGRATION = "507f1f77bcf86cd799439011"
 SETTLE_SECONDS = 2.0
 SERVER_CPUS = {0}
@@ -101,30 +100,6 @@ def run_pinned(command: list[str], wanted: set[int]) -> str:
     if process.returncode:
         raise subprocess.CalledProcessError(process.returncode, command, out)
     return out
-
-
-def build_gopeer() -> Path:
-    """Build bench/gopeer once per Go version and source digest; modules cached beside it."""
-    digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        digest.update((GOPEER / name).read_bytes())
-    if shutil.which("go") is None:
-        sys.exit("go is needed for the Go peers (https://go.dev/dl/)")
-    version = subprocess.run(
-        ["go", "env", "GOVERSION"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    binary = CACHE / f"gopeer-{version}-{digest.hexdigest()[:12]}" / "gopeer"
-    if not binary.exists():
-        env = {
-            **os.environ,
-            "GOMODCACHE": str(CACHE / "gomod"),
-            "GOCACHE": str(CACHE / "gocache"),
-            "GOFLAGS": "-mod=readonly -buildvcs=false",
-            "CGO_ENABLED": "0",
-        }
-        print(f"building the Go peer ({version}) into {binary.parent}", file=sys.stderr)
-        subprocess.run(["go", "build", "-o", str(binary), "."], cwd=GOPEER, env=env, check=True)
-    return binary
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -320,7 +295,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
-    binary = None if args.no_go else build_gopeer()
+    binary = None if args.no_go else build_go(GOPEER)
 
     work = Path(tempfile.mkdtemp(prefix="retrieve-bench-"))
     body_file = work / "order.json"

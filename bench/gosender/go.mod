@@ -1,0 +1,3 @@
+module retrieve.bench/gosender
+
+go 1.22
