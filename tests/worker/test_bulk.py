@@ -166,14 +166,14 @@ async def test_outcomes_that_could_not_be_stored_leave_their_jobs_pending_and_th
         {"again": {"destinations": [{"name": "erp", "http": batched(sink, "/again", 10, 20)}]}}
     )
     failures = [RedisError("connection lost")]
-    original = queue.Committer.commit_many
+    original = queue.Committer._execute
 
-    async def failing_once(self: queue.Committer, outcomes: Any) -> None:
+    async def failing_once(self: queue.Committer, batch: Any) -> None:
         if failures:
             raise failures.pop()
-        await original(self, outcomes)
+        await original(self, batch)
 
-    monkeypatch.setattr(queue.Committer, "commit_many", failing_once)
+    monkeypatch.setattr(queue.Committer, "_execute", failing_once)
     jobs = [await h.enqueue("again", {"n": n}) for n in range(3)]
     worker = await h.start_worker(claim_idle_ms=300)
 
@@ -267,3 +267,169 @@ async def test_a_worker_stopping_past_its_timeout_leaves_jobs_waiting_for_a_batc
     records = [await h.logs.get(job.id) for job in jobs]
     assert {r.status for r in records if r is not None} == {LogStatus.QUEUED}
     assert (await h.redis.xpending(h.keys.jobs, CONSUMER_GROUP))["pending"] == 3
+
+
+async def test_a_full_batcher_holds_up_only_its_own_jobs_and_keeps_them_in_read_order(
+    harness_factory: HarnessFactory, sink: Sink
+) -> None:
+    h = harness_factory(
+        {
+            "a": {"destinations": [{"name": "erp", "http": batched(sink, "/full-a", 2, 10)}]},
+            "b": {"destinations": [{"name": "erp", "http": batched(sink, "/free-b", 10, 10)}]},
+        }
+    )
+    sink.delays["/full-a"] = 1
+    # Read 8 at a time (the slots): the second read takes a's last 3 (one finds no room) and b's.
+    a_jobs = [await h.enqueue("a", {"n": n}) for n in range(11)]
+    b_jobs = [await h.enqueue("b", {"n": n}) for n in range(3)]
+    await h.start_worker(read_count=32)
+    started = asyncio.get_running_loop().time()
+
+    await settled(h, b_jobs, LogStatus.SUCCEEDED)
+
+    assert asyncio.get_running_loop().time() - started < 0.8  # not after a's first answers
+    more = [await h.enqueue("a", {"n": n}) for n in range(11, 16)]  # a later read
+    await settled(h, a_jobs + more, LogStatus.SUCCEEDED)
+    # a's jobs were handed over in read order: each request holds consecutive ones.
+    requests = sink.requests_to("/full-a")
+    sent = sorted([r["n"] for r in records_in([request])] for request in requests)
+    assert sent == [[n, n + 1] for n in range(0, 16, 2)]
+
+
+async def test_each_commit_call_counts_its_own_jobs(
+    harness_factory: HarnessFactory, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = harness_factory(
+        {"p": {"destinations": [{"name": "erp", "http": batched(sink, "/part", 4, 5000)}]}}
+    )
+    calls: list[int] = []
+    original = queue.Committer._execute
+
+    async def second_fails(self: queue.Committer, batch: Any) -> None:
+        calls.append(sum(len(group) for group, _ in batch))
+        if len(calls) == 2:
+            raise RedisError("connection lost")
+        await original(self, batch)
+
+    monkeypatch.setattr(queue.Committer, "_execute", second_fails)
+    jobs = [await h.enqueue("p", {"n": n}) for n in range(4)]
+    worker = await h.start_worker(commit_batch=2, claim_idle_ms=60_000)
+
+    await settled(h, jobs[:2], LogStatus.SUCCEEDED)
+
+    async def both_calls_made() -> bool:
+        return len(calls) == 2
+
+    await h.eventually(both_calls_made)
+    await asyncio.sleep(0.1)
+    labels = {"application": f"test/{h.app.name}"}
+    sample = worker.registry.get_sample_value
+    assert sample("retrieve_worker_jobs_total", {**labels, "integration": "p",
+                                                  "outcome": "succeeded"}) == 2  # fmt: skip
+    assert sample("retrieve_worker_commit_errors_total", labels) == 2
+    assert (await h.redis.xpending(h.keys.jobs, CONSUMER_GROUP))["pending"] == 2
+
+
+def _fails_once(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, call: int) -> list[int]:
+    """`owner.name` raises on its `call`-th call (1-based), once; returns the call count."""
+    original = getattr(owner, name)
+    count = [0]
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        if count[0] == call:
+            raise RuntimeError("a bug")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, failing)
+    return count
+
+
+@pytest.mark.parametrize("call", [1, 12])  # on taking a read; on handing over waiting jobs
+async def test_a_batcher_crashing_on_a_job_leaves_it_pending_and_gives_its_slot_back(
+    harness_factory: HarnessFactory, sink: Sink, monkeypatch: pytest.MonkeyPatch, call: int
+) -> None:
+    h = harness_factory(
+        {"c": {"destinations": [{"name": "erp", "http": batched(sink, "/crash", 2, 10)}]}}
+    )
+    sink.delays["/crash"] = 0.2
+    count = _fails_once(monkeypatch, Batcher, "add", call)
+    jobs = [await h.enqueue("c", {"n": n}) for n in range(16)]
+    await h.start_worker(read_count=32, claim_idle_ms=500)
+    consumer = consumer_of(h)
+
+    await settled(h, jobs, LogStatus.SUCCEEDED)  # the crashed one reclaimed, run again
+
+    assert count[0] > call
+    assert consumer.runner.bulk.held == 0
+    assert (await h.redis.xpending(h.keys.jobs, CONSUMER_GROUP))["pending"] == 0
+    more = [await h.enqueue("c", {"n": n}) for n in range(16, 48)]
+    await settled(h, more, LogStatus.SUCCEEDED)  # no slot lost: reading goes on
+    await asyncio.wait_for(h.stop_workers(), 5)
+
+
+async def test_an_outcome_crashing_leaves_its_job_pending_and_the_others_stored(
+    harness_factory: HarnessFactory, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = harness_factory(
+        {"o": {"destinations": [{"name": "erp", "http": batched(sink, "/outcome", 10, 10)}]}}
+    )
+    jobs = [await h.enqueue("o", {"n": n}) for n in range(5)]
+    worker = await h.start_worker(claim_idle_ms=500)
+    consumer = consumer_of(h)
+    count = _fails_once(monkeypatch, consumer.runner, "completion_of", 1)
+
+    await settled(h, jobs, LogStatus.SUCCEEDED)
+
+    assert count[0] == 6  # the crashed one made again when it came back
+    assert consumer.runner.bulk.held == 0
+    assert len(sink.requests_to("/outcome")) == 2
+    await asyncio.wait_for(h.stop_workers(), 5)
+    assert worker is not None
+
+
+async def test_a_job_lost_track_of_does_not_hold_up_the_shutdown(
+    harness_factory: HarnessFactory, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = harness_factory(
+        {"l": {"destinations": [{"name": "erp", "http": batched(sink, "/lost", 10, 10)}]}}
+    )
+    monkeypatch.setattr("retrieve_worker.bulk.HeldJob.settled", lambda *_: None)  # never told
+    jobs = [await h.enqueue("l", {"n": n}) for n in range(3)]
+    await h.start_worker(shutdown_timeout_seconds=0.3)
+    consumer = consumer_of(h)
+
+    async def delivered() -> bool:
+        return len(sink.requests_to("/lost")) == 1
+
+    await h.eventually(delivered)
+    assert consumer.runner.bulk.held == 3
+
+    await asyncio.wait_for(h.stop_workers(), 3)
+
+    assert consumer.runner.bulk.held == 0
+    assert (await h.redis.xpending(h.keys.jobs, CONSUMER_GROUP))["pending"] == len(jobs)
+
+
+async def test_jobs_waiting_for_a_slow_commit_hold_reading_back(
+    harness_factory: HarnessFactory, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = harness_factory(
+        {"s": {"destinations": [{"name": "erp", "http": batched(sink, "/slow-commit", 10, 10)}]}}
+    )
+    original = queue.Committer._execute
+
+    async def slow(self: queue.Committer, batch: Any) -> None:
+        await asyncio.sleep(2)
+        await original(self, batch)
+
+    monkeypatch.setattr(queue.Committer, "_execute", slow)
+    for n in range(400):
+        await h.enqueue("s", {"n": n})
+    await h.start_worker()
+    consumer = consumer_of(h)
+    await asyncio.sleep(1)
+
+    # Room for (4 + 1) x maxRecords records in the batcher until stored, and the slots.
+    assert consumer.runner.bulk.held <= consumer.concurrency + 5 * 10
+    assert len(sink.requests_to("/slow-commit")) <= 5

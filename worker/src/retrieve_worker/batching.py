@@ -27,7 +27,9 @@ process, maxRecords 100 (`bench/worker_bench.py --jobs 20000 --compare --rounds 
 While its records wait, a job gives its concurrency slot back (`park`, or at once on the bulk
 path), so a batch may hold more records than `spec.worker.concurrency`; a `Batcher` takes new
 records only while fewer than `(MAX_SENDS + 1) * maxRecords` of them are unsettled, which
-bounds memory and throttles reading when a destination is down. A send cancelled at shutdown
+bounds memory and throttles reading when a destination is down. Records of the bulk path
+(`add(keep_room=True)`) count until their jobs' outcomes are stored (`release_room`), so jobs
+waiting for a slow commit hold reading back too. A send cancelled at shutdown
 (even before it started) abandons its jobs: not acked, they come back.
 """
 
@@ -110,6 +112,8 @@ class _Batch:
     items: list[tuple[_Part, int, str, bytes]] = field(default_factory=list)
     """(part, position in the part, record id, encoded record)."""
     settled: bool = False
+    kept: int = 0
+    """Items whose room is given back by `Batcher.release_room`, not when the batch ends."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +156,13 @@ class Batcher:
         self._permits = asyncio.Semaphore(MAX_SENDS)
         self._unsettled = 0
         self._room = asyncio.Event()
+        self._on_room: list[Callable[[], None]] = []
         self._closing = asyncio.Event()
 
     @property
     def unsettled(self) -> int:
-        """Records submitted and not yet settled."""
+        """Records submitted and not yet settled (or, added with `keep_room`, whose room was
+        not given back yet)."""
         return self._unsettled
 
     def has_room(self, count: int, batch: BatchSpec) -> bool:
@@ -168,6 +174,23 @@ class Batcher:
         """Returns once some records were settled (check `has_room` again)."""
         self._room.clear()
         await self._room.wait()
+
+    def on_room(self, callback: Callable[[], None]) -> None:
+        """`callback` is called (once, soon after, from the event loop) when room is next made."""
+        self._on_room.append(callback)
+
+    def release_room(self, count: int) -> None:
+        """Gives back the room of `count` records added with `keep_room`."""
+        self._unsettled -= count
+        self._made_room()
+
+    def _made_room(self) -> None:
+        self._room.set()
+        if self._on_room:
+            loop = asyncio.get_running_loop()
+            callbacks, self._on_room = self._on_room, []
+            for callback in callbacks:
+                loop.call_soon(callback)
 
     async def submit(
         self,
@@ -206,12 +229,14 @@ class Batcher:
         *,
         waiter: PartWaiter,
         taken_at: float,
+        keep_room: bool = False,
     ) -> None:
         """Adds a job's records (index, record) at once, whatever the room (the caller checked
-        `has_room`); `waiter` learns their deliveries when every batch holding them settled."""
+        `has_room`); `waiter` learns their deliveries when every batch holding them settled.
+        With `keep_room`, their room is given back by `release_room`, not when they settle."""
         count = len(records)
+        self._unsettled += count  # first: what `release_room` gives back, even if this fails
         part = _Part([index for index, _ in records], [None] * count, count, waiter)
-        self._unsettled += count
         deadline = taken_at + batch.max_wait_ms / 1000
         id_field = batch.record_id_field
         for position, (index, record) in enumerate(records):
@@ -232,6 +257,8 @@ class Batcher:
             record_id = idempotency_key(job_id, destination.name, index)
             content = encode_record(with_record_id(record, id_field, record_id))
             current.items.append((part, position, record_id, content))
+            if keep_room:
+                current.kept += 1
             if len(current.items) >= batch.max_records:
                 self._flush()
         if self._closing.is_set():
@@ -290,8 +317,8 @@ class Batcher:
                 log.error("batch send failed", exc_info=task.exception())
             for part, _, _, _ in batch.items:
                 part.waiter.abandoned()
-        self._unsettled -= len(batch.items)
-        self._room.set()
+        self._unsettled -= len(batch.items) - batch.kept
+        self._made_room()
 
     def _settle(
         self, batch: _Batch, answer: DestinationResult, attempts: int, exhausted: bool

@@ -181,7 +181,9 @@ class AppConsumer:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-            await bulk_idle
+            # `bulk.cancel()` forgot every job held: idle at once (bounded all the same).
+            await asyncio.wait({bulk_idle}, timeout=self.settings.shutdown_timeout_seconds)
+            bulk_idle.cancel()
         await helpers_stopped
         supervisor.forget([self.loop_name("read")])
         await self.runner.finish_background(timeout=5)

@@ -221,8 +221,15 @@ class Committer:
     async def commit_many(self, outcomes: Sequence[Completion]) -> None:
         """Stores the outcomes and acks their entries (in calls of at most `max_batch`);
         raises when any call failed: some may be stored, none is acked without its outcome."""
+        for error in await self.commit_calls(outcomes):
+            if error is not None:
+                raise error
+
+    async def commit_calls(self, outcomes: Sequence[Completion]) -> list[Exception | None]:
+        """Stores the outcomes and acks their entries in calls of at most `max_batch`, the
+        outcomes taken in order; returns what each call raised (None: stored and acked)."""
         if not outcomes:
-            return
+            return []
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[None]] = []
         for start in range(0, len(outcomes), self.max_batch):
@@ -232,9 +239,18 @@ class Committer:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         if len(futures) == 1:
-            await futures[0]
-        else:
-            await asyncio.gather(*futures)
+            try:
+                await futures[0]
+            except Exception as exc:
+                return [exc]
+            return [None]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        errors: list[Exception | None] = []
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # cancelled
+            errors.append(result)
+        return errors
 
     async def _flush(self) -> None:
         while self._pending:
