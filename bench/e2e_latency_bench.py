@@ -12,7 +12,8 @@ p99 and max of that latency, without batching and with `batch: {maxRecords: 100,
 `--senders N` splits each rate over N sender processes (one Python sender may not keep up on a
 busy machine: `sent/s` below the rate means the figures include the sender's own lag). Each row
 ends with the 1-minute load average and the number of CPUs, so a figure from a shared machine
-says how shared it was.
+says how shared it was, and the CPU each server spent per webhook sent (receiver, worker, sink,
+Redis).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harness.cpu import cpu_seconds  # noqa: E402
 from harness.gobuild import build_go  # noqa: E402
 from harness.waits import free_port, wait_http  # noqa: E402
 from retrieve_cli.redis_server import RedisServer  # noqa: E402
@@ -197,7 +199,14 @@ def main(args: argparse.Namespace) -> None:
                 time.sleep(1 + args.wait_ms / 1000)
                 urllib.request.urlopen(f"{sink_url}/stats").read()
                 load = os.getloadavg()[0]
+                servers = {"receiver": processes[1].pid, "worker": processes[2].pid,
+                           "sink": processes[0].pid, "redis": redis.pid}  # fmt: skip
+                cpu_before = {name: cpu_seconds(pid) for name, pid in servers.items()}
                 sent = send(url, rate, args.seconds, args.senders, gosender)
+                busy = {
+                    name: (cpu_seconds(pid) - cpu_before[name]) / max(sent["sent"], 1) * 1e6
+                    for name, pid in servers.items()
+                }
                 time.sleep(2 + args.wait_ms / 1000)  # the last records arrive
                 with urllib.request.urlopen(f"{sink_url}/stats") as answer:
                     latencies: list[float] = json.loads(answer.read())
@@ -207,7 +216,9 @@ def main(args: argparse.Namespace) -> None:
                 print(
                     f"{name:<28} {sent['rps']:8.0f} {len(latencies):8d} "
                     f"{percentile(latencies, 0.5):8.2f} {percentile(latencies, 0.99):8.2f} "
-                    f"{worst:8.2f}  load {load:.1f}/{os.cpu_count()} CPUs {refused}",
+                    f"{worst:8.2f}  load {load:.1f}/{os.cpu_count()} CPUs {refused}"
+                    + "  CPU us/webhook: "
+                    + ", ".join(f"{name} {us:.0f}" for name, us in busy.items()),
                     flush=True,
                 )
     finally:
