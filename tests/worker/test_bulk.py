@@ -278,7 +278,7 @@ async def test_a_full_batcher_holds_up_only_its_own_jobs_and_keeps_them_in_read_
             "b": {"destinations": [{"name": "erp", "http": batched(sink, "/free-b", 10, 10)}]},
         }
     )
-    sink.delays["/full-a"] = 1
+    sink.delays["/full-a"] = 1.5  # under the 2 s timeout
     # Read 8 at a time (the slots): the second read takes a's last 3 (one finds no room) and b's.
     a_jobs = [await h.enqueue("a", {"n": n}) for n in range(11)]
     b_jobs = [await h.enqueue("b", {"n": n}) for n in range(3)]
@@ -287,7 +287,7 @@ async def test_a_full_batcher_holds_up_only_its_own_jobs_and_keeps_them_in_read_
 
     await settled(h, b_jobs, LogStatus.SUCCEEDED)
 
-    assert asyncio.get_running_loop().time() - started < 0.8  # not after a's first answers
+    assert asyncio.get_running_loop().time() - started < 1.2  # not after a's first answers
     more = [await h.enqueue("a", {"n": n}) for n in range(11, 16)]  # a later read
     await settled(h, a_jobs + more, LogStatus.SUCCEEDED)
     # a's jobs were handed over in read order: each request holds consecutive ones.
@@ -432,4 +432,6 @@ async def test_jobs_waiting_for_a_slow_commit_hold_reading_back(
 
     # Room for (4 + 1) x maxRecords records in the batcher until stored, and the slots.
     assert consumer.runner.bulk.held <= consumer.concurrency + 5 * 10
-    assert len(sink.requests_to("/slow-commit")) <= 5
+    # Batches leave on time (maxWaitMs), not always full: it is the records that are bounded.
+    sent = sum(len(request.body) for request in sink.requests_to("/slow-commit"))
+    assert 0 < sent <= 5 * 10
