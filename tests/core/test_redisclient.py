@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -14,8 +15,11 @@ from retrieve_core.redisclient import (
     SentinelPrimary,
     Timeouts,
     connect_redis,
+    is_redis_failure,
     parse_redis_url,
 )
+from tests.support.redis_faults import send_on_torn_down_connection
+from tests.support.redis_server import RedisServer
 
 ACCEPTED = [
     "redis://127.0.0.1:6379/0",
@@ -111,3 +115,27 @@ async def test_each_scheme_gets_its_client_with_the_same_timeouts() -> None:
         await standalone.aclose()
         await cluster.aclose()
         await sentinel.aclose()
+
+
+@pytest.mark.redis
+async def test_a_transport_error_redis_py_lets_out_counts_as_a_redis_failure(
+    redis_server: RedisServer,
+) -> None:
+    with pytest.raises(AttributeError) as leaked:
+        await send_on_torn_down_connection("127.0.0.1", redis_server.port)
+    assert is_redis_failure(leaked.value)
+    assert is_redis_failure(ConnectionError("refused"))
+    assert is_redis_failure(TimeoutError())
+
+
+@pytest.mark.unit
+def test_the_same_errors_from_our_own_code_are_bugs_not_redis_failures() -> None:
+    writer: Any = None
+    with pytest.raises(AttributeError) as attribute_error:
+        writer.writelines([])
+    with pytest.raises(TypeError) as type_error:
+        writer()
+    assert not is_redis_failure(attribute_error.value)
+    assert not is_redis_failure(type_error.value)
+    assert not is_redis_failure(AttributeError("never raised"))
+    assert not is_redis_failure(ValueError("bad input"))

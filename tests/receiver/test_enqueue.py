@@ -16,6 +16,7 @@ from retrieve_core.keys import COUNTER_DUPLICATE, COUNTER_RECEIVED, AppKeys, cou
 from retrieve_core.logstore import LogRecord, LogStatus
 from retrieve_core.provider import ConfigProvider, ConfigSnapshot
 from tests.receiver.conftest import ClientFactory, make_app, make_integration, make_provider
+from tests.support.redis_faults import send_on_torn_down_connection
 from tests.support.redis_server import RedisServer
 
 
@@ -205,3 +206,47 @@ async def test_with_durability_and_no_replica_to_confirm_the_answer_is_503(
 
     assert response.status == 503
     assert await response.json() == {"result": False, "error": "Queue unavailable, retry later"}
+
+
+@pytest.mark.redis
+async def test_a_transport_error_redis_py_lets_out_of_the_store_is_a_503_not_a_500(
+    receiver_client: ClientFactory, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen under a cluster resharding: redis-py's AttributeError instead of ConnectionError.
+    async def torn_down(self: Enqueuer, keys: AppKeys, delivery: Delivery) -> Outcome:
+        await send_on_torn_down_connection("127.0.0.1", redis_server.port)
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(Enqueuer, "store", torn_down)
+    client = await receiver_client(make_provider(make_app(integrations=[make_integration("A1")])))
+
+    response = await client.post("/integration/A1", json={"a": 1})
+
+    assert response.status == 503
+    assert await response.json() == {"result": False, "error": "Queue unavailable, retry later"}
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("leaked", [True, False], ids=["redis-py-transport-error", "a-bug"])
+async def test_a_refusal_keeps_its_answer_when_its_log_record_cannot_be_stored(
+    receiver_client: ClientFactory,
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    leaked: bool,
+) -> None:
+    async def failing_write(*args: object, **kwargs: object) -> None:
+        if leaked:
+            await send_on_torn_down_connection("127.0.0.1", redis_server.port)
+        raise KeyError("a bug in the log write")
+
+    monkeypatch.setattr("retrieve_receiver.app.add_bounded_record", failing_write)
+    client = await receiver_client(make_provider(make_app(integrations=[make_integration("A1")])))
+
+    response = await client.post(
+        "/integration/A1", data=b'{"a": ', headers={"Content-Type": "application/json"}
+    )
+
+    assert response.status == 400
+    body = await response.json()
+    assert body["result"] is False
+    assert body["error"].startswith("Invalid JSON payload: ")

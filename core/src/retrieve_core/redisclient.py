@@ -15,17 +15,21 @@ caller sees an error, never a hang.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
 from urllib.parse import parse_qsl, unquote
 
+import redis
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import RedisError
 
 RedisClient: TypeAlias = Redis | RedisCluster
 """What every component holds: one server or a Sentinel-named primary (`Redis`), or a cluster."""
@@ -205,3 +209,33 @@ class SentinelPrimary(Redis):
 
 def is_cluster(client: RedisClient) -> bool:
     return isinstance(client, RedisCluster)
+
+
+REDIS_FAILURES: Final = (RedisError, OSError, TimeoutError)
+"""What a Redis call raises when Redis (or the way to it) failed, not our code."""
+
+_CLIENT_CODE: Final = tuple(
+    os.path.dirname(str(package.__file__)) + os.sep for package in (redis, asyncio)
+)
+
+
+def is_redis_failure(exc: BaseException) -> bool:
+    """Whether `exc`, raised by a Redis call, says the call failed (the caller's answer:
+    "unavailable, retry"), rather than a bug of ours.
+
+    Besides `REDIS_FAILURES` that is an AttributeError or TypeError raised inside redis-py's or
+    asyncio's own code: redis-py lets those out when a connection is torn down under a write
+    (a cluster client disconnecting a node's connections during a resharding while another
+    task is sending on one: `'NoneType' object has no attribute 'writelines'`; a peer reset
+    under a write, redis/redis-py#4287), instead of its `ConnectionError`.
+    """
+    if isinstance(exc, REDIS_FAILURES):
+        return True
+    if not isinstance(exc, AttributeError | TypeError):
+        return False
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename.startswith(_CLIENT_CODE)

@@ -54,7 +54,7 @@ from retrieve_core.logstore import (
 from retrieve_core.models import NotificationEvent
 from retrieve_core.notifications import note_unauthorized
 from retrieve_core.provider import ConfigProvider
-from retrieve_core.redisclient import RedisClient, Timeouts, connect_redis
+from retrieve_core.redisclient import RedisClient, Timeouts, connect_redis, is_redis_failure
 from retrieve_core.supervision import Beat, Supervisor
 
 from .content_coding import CodingMismatch, UnsupportedCoding, content_coding, decode_body
@@ -230,7 +230,10 @@ async def _write_record_best_effort(
                 max_records=app.log_max_records,
                 counter=(bucket, counter, COUNTER_TTL_SECONDS) if counter is not None else None,
             )
-    except (RedisError, OSError, TimeoutError) as exc:
+    except Exception as exc:  # the answer is decided: nothing here may change it
+        if not is_redis_failure(exc):
+            log.exception("log record of a %d answer not stored", record.http_status)
+            return
         log.warning("log record of a %d answer not stored: %s", record.http_status, exc)
 
 
@@ -452,7 +455,9 @@ async def _receive(request: web.Request, *, xml_route: bool) -> web.Response:
     )
     try:
         await request.app[ENQUEUER_KEY].store(app.keys, delivery)
-    except (RedisError, OSError, TimeoutError) as exc:
+    except Exception as exc:
+        if not is_redis_failure(exc):
+            raise
         log.warning("job for integration %s not stored: %s", target.id, exc)
         raise refuse(503, MSG_QUEUE_UNAVAILABLE, body, fmt) from None
     return success()
@@ -466,7 +471,9 @@ async def _check_rate_limits(
     try:
         async with asyncio.timeout(request.app[SETTINGS_KEY].redis_timeout * 2):
             wait_ms = await request.app[LIMITER_KEY].acquire(target.rate_limits)
-    except (RedisError, OSError, TimeoutError) as exc:
+    except Exception as exc:
+        if not is_redis_failure(exc):
+            raise
         log.warning("rate limit of integration %s not checked: %s", target.id, exc)
         raise WebhookError(503, MSG_QUEUE_UNAVAILABLE, app, target.id, source_ip) from None
     if wait_ms > 0:
@@ -580,7 +587,10 @@ async def _note_unauthorized(
                 integration=integration.name,
                 error=error,
             )
-    except (RedisError, OSError, TimeoutError) as exc:
+    except Exception as exc:  # the answer is decided: nothing here may change it
+        if not is_redis_failure(exc):
+            log.exception("a 401/403 answer not counted for notifications")
+            return
         log.warning("a 401/403 answer not counted for notifications: %s", exc)
 
 

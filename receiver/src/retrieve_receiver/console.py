@@ -44,7 +44,7 @@ from retrieve_core.keys import (
 from retrieve_core.logstore import LogStatus, LogStore
 from retrieve_core.notifications import read_attempts
 from retrieve_core.provider import ConfigProvider
-from retrieve_core.redisclient import RedisClient
+from retrieve_core.redisclient import RedisClient, is_redis_failure
 from retrieve_core.supervision import Beat, Supervisor
 
 from .errors import failure
@@ -270,7 +270,9 @@ def _text(value: bytes | str) -> str:
 async def _redis_call(coro: Awaitable[Any]) -> Any:
     try:
         return await coro
-    except (RedisError, OSError) as exc:
+    except Exception as exc:
+        if not is_redis_failure(exc):
+            raise
         raise web.HTTPServiceUnavailable(reason=f"Redis unavailable: {type(exc).__name__}") from exc
 
 

@@ -22,6 +22,7 @@ from retrieve_core.job import JOB_FIELD, Job
 from retrieve_core.logstore import DestinationResult, LogStatus
 from retrieve_core.models import NotificationEvent, RetrySpec
 from retrieve_core.notifications import Claimed, note_event, record_attempt
+from retrieve_core.redisclient import is_redis_failure
 
 from .batching import BatchRouter, BatchSent, JobBatching
 from .bulk import BulkJobs
@@ -116,7 +117,9 @@ class JobRunner:
         in_flight.inc()
         try:
             await self._process(entry_id, fields, deliveries, job)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:
+            if not is_redis_failure(exc):
+                raise
             # Not acked: the entry stays pending; it runs again when the read loop restarts
             # (it reads our own pending entries first) or is reclaimed after `claim_idle_ms`.
             metrics.child(metrics.commit_errors, self.app_id).inc()
