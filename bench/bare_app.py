@@ -4,6 +4,7 @@ layers, to show what the HTTP layer itself costs per request.
     python bench/bare_app.py PORT            # aiohttp web.Application, one route (the ceiling)
     python bench/bare_app.py PORT lowlevel   # aiohttp's low-level web.Server (no router)
     python bench/bare_app.py PORT llhttp     # an asyncio Protocol on httptools (llhttp) alone
+    python bench/bare_app.py PORT prepared   # web.Application, the answer written pre-serialized
 
 The `llhttp` server is a floor, not a server anyone should deploy: keep-alive HTTP/1.1 with
 Content-Length bodies only, no limits, no timeouts, no error answers.
@@ -27,6 +28,13 @@ RAW_ANSWER = (
 async def accept(request: web.BaseRequest) -> web.Response:
     await request.read()
     return web.Response(body=ANSWER, content_type="application/json")
+
+
+async def accept_prepared(request: web.BaseRequest) -> web.StreamResponse:
+    from retrieve_receiver.errors import success
+
+    await request.read()
+    return success()
 
 
 class LlhttpProtocol(asyncio.Protocol):
@@ -56,7 +64,7 @@ async def serve(port: int, kind: str) -> None:
         runner = web.ServerRunner(web.Server(accept, access_log=None))
     else:
         app = web.Application()
-        app.router.add_post("/integration/{id}", accept)
+        app.router.add_post("/integration/{id}", accept_prepared if kind == "prepared" else accept)
         runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()

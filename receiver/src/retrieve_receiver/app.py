@@ -349,15 +349,15 @@ def _selected_headers(request: web.Request, wanted: frozenset[str]) -> dict[str,
 # ---------------------------------------------------------------- the handler
 
 
-async def receive_json(request: web.Request) -> web.Response:
+async def receive_json(request: web.Request) -> web.StreamResponse:
     return await _receive(request, xml_route=False)
 
 
-async def receive_xml(request: web.Request) -> web.Response:
+async def receive_xml(request: web.Request) -> web.StreamResponse:
     return await _receive(request, xml_route=True)
 
 
-async def _receive(request: web.Request, *, xml_route: bool) -> web.Response:
+async def _receive(request: web.Request, *, xml_route: bool) -> web.StreamResponse:
     routing = request.app[ROUTES_KEY].current()
     integration_id = request.match_info["id"]
     target = routing.integrations.get(integration_id)
