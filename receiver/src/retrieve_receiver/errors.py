@@ -9,6 +9,7 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
 
 if TYPE_CHECKING:
     from .routing import AppRoute
@@ -21,11 +22,12 @@ class Success(web.StreamResponse):
 
     aiohttp's `Response` builds a header dict, serializes it and fills in `Date` for every
     answer: the receiver's CPU per webhook went from 137 to 115 us without it (wrk -c32,
-    `bench/receiver_bench.py --baseline`). This one is the same bytes on the wire
-    (`Content-Type: application/json; charset=utf-8`, `Content-Length`, `Date`, and
-    `Connection` where HTTP/1.x needs it) written with one `writer.write_eof`, which waits for
-    a slow reader like any other answer. Everything but the success answer is an aiohttp
-    `Response`.
+    `bench/receiver_bench.py --baseline`). This one writes the bytes aiohttp's `Response`
+    would (status line, `Content-Type`, `Content-Length`, `Date`, `Server`, and `Connection`
+    where HTTP/1.x needs it; tested against it) with one `writer.write_eof`, which waits for a
+    slow reader like any other answer. Not for apps with access logs (it reports no body
+    length) or `on_response_prepare` signals (never sent): the webhook app has neither.
+    Everything but the success answer is an aiohttp `Response`.
     """
 
     async def prepare(self, request: web.BaseRequest) -> None:
@@ -33,7 +35,8 @@ class Success(web.StreamResponse):
             return
         keep_alive = request.keep_alive
         self._keep_alive = keep_alive  # what aiohttp's own answer would decide, read after it
-        head = _heads.get(request.version.minor == 0, keep_alive)
+        version = request.version
+        head = _heads.get(version.major, version.minor, keep_alive)
         await request.writer.write_eof(head + SUCCESS_BODY)
         self._eof_sent = True
 
@@ -42,34 +45,37 @@ class Success(web.StreamResponse):
 
 
 class _Heads:
-    """The status line and headers of the 200 answer, by HTTP version and keep-alive, made
-    again when the second (the `Date` header) changes."""
+    """The status line and headers of the 200 answer by request version and keep-alive (as
+    aiohttp writes them: the request's version echoed, `Connection` only where that version's
+    default is not what happens), made again when the second (the `Date` header) changes."""
 
     def __init__(self) -> None:
         self._second = 0
-        self._heads: dict[tuple[bool, bool], bytes] = {}
+        self._heads: dict[tuple[int, int, bool], bytes] = {}
 
-    def get(self, http10: bool, keep_alive: bool) -> bytes:
+    def get(self, major: int, minor: int, keep_alive: bool) -> bytes:
         now = int(time.time())
         if now != self._second:
-            self._heads.clear()
+            self._heads.clear()  # at most the versions the HTTP parser admits, twice
             self._second = now
-        head = self._heads.get((http10, keep_alive))
+        head = self._heads.get((major, minor, keep_alive))
         if head is None:
-            head = self._heads[http10, keep_alive] = self._make(http10, keep_alive, now)
+            head = self._heads[major, minor, keep_alive] = self._make(major, minor, keep_alive, now)
         return head
 
     @staticmethod
-    def _make(http10: bool, keep_alive: bool, now: int) -> bytes:
-        if http10:
-            connection = "Connection: keep-alive\r\n" if keep_alive else ""
-        else:
-            connection = "" if keep_alive else "Connection: close\r\n"
+    def _make(major: int, minor: int, keep_alive: bool, now: int) -> bytes:
+        connection = ""
+        if keep_alive and (major, minor) == (1, 0):
+            connection = "Connection: keep-alive\r\n"
+        elif not keep_alive and (major, minor) == (1, 1):
+            connection = "Connection: close\r\n"
         return (
-            f"HTTP/1.{0 if http10 else 1} 200 OK\r\n"
-            "Content-Type: application/json; charset=utf-8\r\n"
+            f"HTTP/{major}.{minor} 200 OK\r\n"
+            "Content-Type: application/json\r\n"
             f"Content-Length: {len(SUCCESS_BODY)}\r\n"
             f"Date: {formatdate(now, usegmt=True)}\r\n"
+            f"Server: {SERVER_SOFTWARE}\r\n"
             f"{connection}\r\n"
         ).encode("ascii")
 

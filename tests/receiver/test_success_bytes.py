@@ -1,0 +1,65 @@
+"""`errors.Success` writes the bytes aiohttp's own `Response` writes for the same answer, for
+every request version and keep-alive choice: two routes of one in-process aiohttp server, the
+old answer and the new one, compared over raw sockets (`Date` may differ by a second)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
+
+from retrieve_receiver.errors import SUCCESS_BODY, success
+
+pytestmark = pytest.mark.unit
+
+DATE = re.compile(rb"\r\nDate: [^\r]*\r\n")
+
+
+async def aiohttp_answer(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    return web.Response(body=SUCCESS_BODY, content_type="application/json")
+
+
+async def our_answer(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    return success()
+
+
+async def raw_exchange(port: int, head: bytes, requests: int) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head * requests)
+        raw = b""
+        async with asyncio.timeout(10):
+            while raw.count(SUCCESS_BODY) < requests and (chunk := await reader.read(65536)):
+                raw += chunk
+        return DATE.sub(b"\r\nDate: -\r\n", raw)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+@pytest.mark.parametrize("connection", [None, "keep-alive", "close"])
+async def test_the_bytes_are_those_of_aiohttps_own_response(
+    aiohttp_server: AiohttpServer, version: str, connection: str | None
+) -> None:
+    app = web.Application()
+    app.router.add_post("/aiohttp", aiohttp_answer)
+    app.router.add_post("/ours", our_answer)
+    server = await aiohttp_server(app)
+    pipelined = 1 if connection == "close" or (version == "1.0" and connection is None) else 3
+
+    def head(path: str) -> bytes:
+        lines = [f"POST {path} HTTP/{version}", "Host: x", "Content-Length: 2"]
+        if connection is not None:
+            lines.append(f"Connection: {connection}")
+        return ("\r\n".join(lines) + "\r\n\r\n{}").encode()
+
+    theirs = await raw_exchange(server.port, head("/aiohttp"), pipelined)
+    ours = await raw_exchange(server.port, head("/ours"), pipelined)
+
+    assert theirs.count(b"HTTP/") == pipelined
+    assert ours == theirs
