@@ -50,6 +50,7 @@ async def test_the_bytes_are_those_of_aiohttps_own_response(
     app.router.add_post("/aiohttp", aiohttp_answer)
     app.router.add_post("/ours", our_answer)
     server = await aiohttp_server(app)
+    assert server.port is not None
     pipelined = 1 if connection == "close" or (version == "1.0" and connection is None) else 3
 
     def head(path: str) -> bytes:
