@@ -192,6 +192,27 @@ async def test_a_destination_refusing_with_4xx_fails_the_job_without_retry(
     assert (await h.logs.get(job.id)).status is LogStatus.FAILED  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("status", [408, 429])
+async def test_a_destination_answering_408_or_429_is_retried_like_5xx(
+    harness_factory: HarnessFactory, sink: Sink, status: int
+) -> None:
+    # "Try again later" answers (docs/user-guide.md): retried, then delivered once it accepts.
+    h = harness_factory(
+        {"busy": {"destinations": [{"name": "d", "http": http(sink, "/busy")}], "retry": NO_WAIT}}
+    )
+    sink.answer("/busy", status)
+    await h.start_worker()
+    job = await h.enqueue("busy", {"id": 3})
+
+    record = await h.wait_status(
+        job.id, LogStatus.SUCCEEDED, LogStatus.FAILED, LogStatus.DEAD_LETTER
+    )
+
+    assert record.status is LogStatus.SUCCEEDED
+    assert record.attempts == 2
+    assert [r.status for r in sink.requests_to("/busy")] == [status, 200]
+
+
 async def test_a_rewrite_returning_job_status_0_fails_the_job_without_retry(
     harness_factory: HarnessFactory, sink: Sink
 ) -> None:
