@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,6 +195,31 @@ def wrk(url: str, script: Path, seconds: int, connections: int, pid: int) -> dic
     }
 
 
+_BUCKET = re.compile(r'^retrieve_receiver_request_seconds_bucket\{(?:[^}]*,)?le="([^"]+)"', re.M)
+
+
+def handler_buckets(metrics_url: str) -> dict[str, float]:
+    """The receiver's own answer-time histogram (cumulative counts by `le`, summed over the
+    processes of a `--processes N` supervisor): handler start to answer, without the queueing
+    in the kernel, the event loop and the load generator that wrk's latency also holds."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as answer:
+        text = answer.read().decode()
+    buckets: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _BUCKET.match(line)
+        if match:
+            buckets[match.group(1)] = buckets.get(match.group(1), 0.0) + float(line.split()[-1])
+    return buckets
+
+
+def handler_shares(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    total = after.get("+Inf", 0.0) - before.get("+Inf", 0.0)
+    share = {}
+    for bound, key in (("0.005", "handler_le_5ms"), ("0.01", "handler_le_10ms")):
+        share[key] = (after.get(bound, 0.0) - before.get(bound, 0.0)) / total if total else 0.0
+    return share
+
+
 def rate(url: str, body_file: Path, seconds: float, rps: int) -> dict[str, float]:
     out = run_pinned(
         [sys.executable, str(REPO / "bench" / "rate_client.py"), url, "--rate", str(rps),
@@ -219,6 +245,11 @@ class Candidate:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/integration/{INTEGRATION}"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """A receiver's admin `/metrics` (None for the bare servers and the Go peers)."""
+        return self.ready_url.rsplit("/", 1)[0] + "/metrics" if self.ready_url else None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -335,10 +366,13 @@ def main() -> None:
             for candidate in candidates:
                 assert candidate.process is not None
                 fresh_redis(redis.url)
-                candidate.runs.append(
-                    wrk(candidate.url, script, args.seconds, args.connections,
-                        candidate.process.pid)
-                )  # fmt: skip
+                metrics = candidate.metrics_url
+                before = handler_buckets(metrics) if metrics else {}
+                run = wrk(candidate.url, script, args.seconds, args.connections,
+                          candidate.process.pid)  # fmt: skip
+                if metrics:
+                    run |= handler_shares(before, handler_buckets(metrics))
+                candidate.runs.append(run)
             if args.rate:
                 for candidate in candidates:
                     fresh_redis(redis.url)
@@ -393,6 +427,14 @@ def report(args: argparse.Namespace, candidates: list[Candidate]) -> None:
         f"{rounds}), {cost(ours, bare):.0%} in requests per CPU-second; p99 at "
         f"c{args.connections} = {median([r['p99_ms'] for r in ours.runs]):.2f} ms (target <= 5 ms)"
     )
+    for c in candidates:
+        if c.runs and "handler_le_5ms" in c.runs[0]:
+            print(
+                f"{c.name}: handled within 5 ms / 10 ms by its own histogram (handler start to "
+                f"answer; no kernel, loop or wrk queueing): "
+                f"{median([r['handler_le_5ms'] for r in c.runs]):.1%} / "
+                f"{median([r['handler_le_10ms'] for r in c.runs]):.1%}"
+            )
     for other in candidates[2:]:
         if other.name.startswith("Go"):
             value, rounds = ratio(ours, other)
