@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from harness.kube_control_plane import KubeTestCluster
+from retrieve_core.models import RetrieveApplicationSpec
 
 pytestmark = pytest.mark.kube
 
@@ -161,10 +163,14 @@ def test_status_subresource_feeds_the_printer_columns(
     )  # fmt: skip
     table = crds_installed.kubectl("get", "rint", "-n", ns).stdout.splitlines()
     assert table[0].split() == [
-        "NAME", "APPLICATION", "URL", "ENABLED", "READY", "RECEIVED", "QUEUE", "DEAD", "AGE",
+        "NAME", "APPLICATION", "URL", "ENABLED", "READY", "RECEIVED", "REJECTED", "FAILED",
+        "QUEUE", "DEAD", "LAST-RECEIVED", "AGE",
     ]  # fmt: skip
     row = table[1].split()
-    assert row[:8] == ["shopify-orders", "yourapp", url, "true", "True", "42", "3", "7"]
+    assert row[:10] == [
+        "shopify-orders", "yourapp", url, "true", "True", "42", "1", "0", "3", "7",
+    ]  # fmt: skip
+    assert re.fullmatch(r"\d+[smhdy][0-9smhdy]*", row[10]), row  # lastReceivedAt as an age
     stored = json.loads(
         crds_installed.kubectl("get", "rint", "shopify-orders", "-n", ns, "-o", "json").stdout
     )
@@ -210,6 +216,10 @@ INVALID: list[tuple[str, str, str, Any, tuple[str, ...]]] = [
      ("spec.webhook.domain", "lowercase DNS name")),
     ("domain in capitals", "app", "spec.webhook.domain", "RetrieveTL.com",
      ("spec.webhook.domain",)),
+    ("enabled webhook without a domain", "app", "spec.webhook", {"enabled": True},
+     ("spec.webhook.domain", "required while the webhook is enabled")),
+    ("webhook enabled by default without a domain", "app", "spec.webhook", {},
+     ("spec.webhook.domain", "required while the webhook is enabled")),
     ("allowedList entry neither IP, CIDR nor domain", "app", "spec.allowedList",
      ["shopify.com", "not a host!"],
      ("spec.allowedList[1]", "IPv4/IPv6 address, a CIDR or a domain name")),
@@ -311,6 +321,15 @@ def test_invalid_object_is_refused_naming_the_field(
     assert code != 0, f"accepted: {dotted}={value!r}"
     for text in expected:
         assert text in answer, answer
+
+
+def test_a_disabled_webhook_needs_no_domain(
+    crds_installed: KubeTestCluster, kube_namespace: str
+) -> None:
+    app = _set(_application(kube_namespace), "spec.webhook", {"enabled": False})
+    code, answer = _dry_run(crds_installed, app)
+    assert code == 0, answer
+    assert RetrieveApplicationSpec.model_validate(app["spec"]).webhook.domain is None
 
 
 @pytest.mark.parametrize(

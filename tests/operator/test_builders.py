@@ -336,8 +336,14 @@ def test_enabled_webhook_builds_every_child_and_removes_nothing() -> None:
     assert builders.absent_children(app) == []
 
 
-def test_disabled_webhook_keeps_config_and_workers_and_removes_ingress_and_receiver() -> None:
-    app = _app({"webhook": {"enabled": False, "domain": "retrievetl.com"}})
+@pytest.mark.parametrize(
+    "webhook", [{"enabled": False, "domain": "retrievetl.com"}, {"enabled": False}]
+)
+def test_disabled_webhook_keeps_config_and_workers_and_removes_ingress_and_receiver(
+    webhook: dict[str, Any],
+) -> None:
+    app = _app({"webhook": webhook})
+    assert app.config.hosts == ()
     kinds = [(m["kind"], m["metadata"]["name"]) for m in builders.build_children(app)]
     assert kinds == [("ConfigMap", "yourapp-config"), ("Deployment", "yourapp-worker")]
     assert sorted(builders.absent_children(app)) == [
@@ -347,6 +353,12 @@ def test_disabled_webhook_keeps_config_and_workers_and_removes_ingress_and_recei
     ]
     with pytest.raises(ValueError, match="disabled"):
         builders.build_ingress(app)
+
+
+@pytest.mark.parametrize("webhook", [{"enabled": True}, {}])
+def test_an_enabled_webhook_needs_its_domain(webhook: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"spec\.webhook\.domain is required while the webhook is"):
+        RetrieveApplicationSpec.model_validate({"webhook": webhook, "allowedList": []})
 
 
 def test_builders_are_pure_and_return_fresh_dicts() -> None:

@@ -187,10 +187,17 @@ def test_integration_crd_printer_columns_show_url_readiness_and_counters() -> No
         "Enabled",
         "Ready",
         "Received",
+        "Rejected",
+        "Failed",
         "Queue",
         "Dead",
+        "Last-Received",
         "Age",
     ]
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Rejected"] == ".status.rejectedLastHour"
+    assert columns["Failed"] == ".status.failedLastHour"
+    assert columns["Last-Received"] == ".status.lastReceivedAt"
     status = _root_schema(crd)["properties"]["status"]["properties"]
     for counter in ("receivedLastHour", "rejectedLastHour", "failedLastHour", "queueDepth"):
         assert status[counter]["type"] == "integer"

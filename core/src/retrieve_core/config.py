@@ -43,6 +43,7 @@ class ApplicationConfig(BaseModel):
             return ()
         if webhook.gateway is not None and webhook.gateway.hostnames:
             return tuple(webhook.gateway.hostnames)
+        assert webhook.domain is not None  # required while enabled (the model checks)
         return (webhook_host(self.name, webhook.domain),)
 
     @property

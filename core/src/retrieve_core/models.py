@@ -15,7 +15,7 @@ import ipaddress
 import math
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import jmespath
 import jmespath.exceptions
@@ -123,6 +123,9 @@ class GatewaySpec(SpecModel):
     )
 
 
+WEBHOOK_DOMAIN_REQUIRED: Final = "spec.webhook.domain is required while the webhook is enabled"
+
+
 class WebhookSpec(SpecModel):
     """The public endpoint: https://webhook-<name>.<domain>/integration/<id>."""
 
@@ -130,8 +133,11 @@ class WebhookSpec(SpecModel):
         default=True,
         description="When false the route (Ingress or HTTPRoute) and the receiver are removed.",
     )
-    domain: str = Field(
-        pattern=DOMAIN_PATTERN, max_length=253, description="host becomes webhook-<app>.<domain>"
+    domain: str | None = Field(
+        default=None,
+        pattern=DOMAIN_PATTERN,
+        max_length=253,
+        description="host becomes webhook-<app>.<domain> (required while enabled)",
     )
     ingress_class_name: str | None = Field(
         default=None, description="IngressClass of the <name>-webhook Ingress."
@@ -146,6 +152,8 @@ class WebhookSpec(SpecModel):
 
     @model_validator(mode="after")
     def _one_route_kind(self) -> WebhookSpec:
+        if self.enabled and self.domain is None:
+            raise ValueError(WEBHOOK_DOMAIN_REQUIRED)
         if self.gateway is not None and (self.ingress_class_name or self.tls is not None):
             raise ValueError(
                 "set either gateway (an HTTPRoute) or ingressClassName/tls (an Ingress), not "

@@ -37,6 +37,7 @@ from retrieve_core.constants import (
 )
 from retrieve_core.models import (
     DOMAIN_PATTERN,
+    WEBHOOK_DOMAIN_REQUIRED,
     IntegrationSpec,
     RetrieveApplicationSpec,
 )
@@ -91,6 +92,11 @@ def cel_string(value: str) -> str:
 
 def application_spec_schema() -> Schema:
     spec = structural_schema(RetrieveApplicationSpec)
+    _add_rules(
+        _at(spec, "webhook"),
+        _rule("!self.enabled || has(self.domain)", WEBHOOK_DOMAIN_REQUIRED,
+              field_path=".domain", reason="FieldValueRequired"),
+    )  # fmt: skip
     domain = _at(spec, "webhook.domain")
     _add_rules(
         domain,
@@ -264,8 +270,8 @@ def application_crd() -> Schema:
                 reason="FieldValueInvalid",
             ),
             _rule(
-                f"size(self.metadata.name) + size(self.spec.webhook.domain) "
-                f"<= {MAX_HOST - len('webhook-.')}",
+                f"!has(self.spec.webhook.domain) || size(self.metadata.name) + "
+                f"size(self.spec.webhook.domain) <= {MAX_HOST - len('webhook-.')}",
                 f"spec.webhook.domain: the host webhook-<name>.<domain> must be at most "
                 f"{MAX_HOST} characters",
                 field_path=".spec.webhook.domain",
@@ -288,9 +294,13 @@ def integration_crd() -> Schema:
             {"name": "URL", "type": "string", "jsonPath": ".status.webhookURL"},
             {"name": "Enabled", "type": "boolean", "jsonPath": ".spec.enabled"},
             _READY_COLUMN,
+            # The live counters (status_counters.py): the last hour's, the queue, dead letters.
             {"name": "Received", "type": "integer", "jsonPath": ".status.receivedLastHour"},
+            {"name": "Rejected", "type": "integer", "jsonPath": ".status.rejectedLastHour"},
+            {"name": "Failed", "type": "integer", "jsonPath": ".status.failedLastHour"},
             {"name": "Queue", "type": "integer", "jsonPath": ".status.queueDepth"},
             {"name": "Dead", "type": "integer", "jsonPath": ".status.deadLetters"},
+            {"name": "Last-Received", "type": "date", "jsonPath": ".status.lastReceivedAt"},
             _AGE_COLUMN,
         ],
     )
