@@ -94,7 +94,7 @@ def failure(status: int, message: str, headers: dict[str, str] | None = None) ->
 
 @dataclass(eq=False)
 class WebhookError(Exception):
-    """A refused request. `app.answered` answers it and writes its log record."""
+    """A refused request. `app.handle_webhook` answers it and writes its log record."""
 
     status: int
     message: str
