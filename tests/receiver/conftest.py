@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient
+from yarl import URL
 
 from retrieve_core.config import ApplicationConfig, IntegrationConfig, SecretStore
+from retrieve_core.connections import GuardedSite
 from retrieve_core.models import IntegrationSpec, RetrieveApplicationSpec
 from retrieve_core.provider import ConfigProvider
 from retrieve_receiver.app import init_app
 from retrieve_receiver.metrics import ReceiverMetrics
+from retrieve_receiver.serving import public_site, stop_public_site
 from retrieve_receiver.settings import ReceiverSettings
 from tests.support.redis_server import RedisServer
 
@@ -73,9 +77,39 @@ class ClientFactory(Protocol):
     ) -> Awaitable[TestClient[web.Request, web.Application]]: ...
 
 
-@pytest.fixture
-def receiver_client(aiohttp_client: AiohttpClient, redis_server: RedisServer) -> ClientFactory:
-    """A test client of the real app; `source` binds the client socket to that address."""
+class PublicPortServer(TestServer):
+    """The app served the way `retrieve receiver` serves its public port (`public_site`: the
+    connection guard, and the lean HTTP path unless the settings turn it off)."""
+
+    _site: GuardedSite | None = None
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **_: Any) -> None:
+        if self.runner:
+            return
+        self._loop = loop
+        runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        self.runner = runner
+        await runner.setup()
+        self._site = site = public_site(runner, self.host, 0)
+        await site.start()
+        self.port = site.bound_port
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+    async def close(self) -> None:
+        if self._site is not None and not self.closed:
+            await stop_public_site(self._site, 5)
+        await super().close()
+
+
+@pytest.fixture(params=["lean", "aiohttp"])
+def receiver_client(
+    request: pytest.FixtureRequest, aiohttp_client: AiohttpClient, redis_server: RedisServer
+) -> ClientFactory:
+    """A test client of the real app on the public port's site; `source` binds the client
+    socket to that address. Every test runs twice: with the lean HTTP path (as deployed) and
+    with aiohttp alone (`RETRIEVE_LEAN_HTTP=0`)."""
+    lean_http = request.param == "lean"
 
     async def make(
         provider: ConfigProvider,
@@ -85,12 +119,14 @@ def receiver_client(aiohttp_client: AiohttpClient, redis_server: RedisServer) ->
         metrics: ReceiverMetrics | None = None,
         **settings: Any,
     ) -> TestClient[web.Request, web.Application]:
+        settings.setdefault("lean_http", lean_http)
         receiver_settings = ReceiverSettings(redis_url=redis_url or redis_server.url, **settings)
         app = init_app(receiver_settings, provider, metrics=metrics)
         kwargs: dict[str, Any] = {}
         if source is not None:
             kwargs["connector"] = aiohttp.TCPConnector(local_addr=(source, 0))
-        return await aiohttp_client(app, **kwargs)
+        client: Any = await aiohttp_client(PublicPortServer(app), **kwargs)
+        return cast("TestClient[web.Request, web.Application]", client)
 
     return make
 

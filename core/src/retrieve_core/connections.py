@@ -69,12 +69,17 @@ class _Busy(asyncio.Protocol):
             self._timer.cancel()
 
 
-class _Tracked(asyncio.Protocol):
-    """One accepted connection: aiohttp's protocol, with a deadline on each request head."""
+class TrackedConnection(asyncio.Protocol):
+    """One accepted connection: aiohttp's protocol, with a deadline on each request head.
 
-    def __init__(self, guard: ConnectionGuard, inner: Any) -> None:
+    A subclass may serve some requests itself and create aiohttp's protocol later
+    (`_start_inner`): the receiver's lean path does (`retrieve_receiver.lean`).
+    """
+
+    def __init__(self, guard: ConnectionGuard, server: web.Server) -> None:
         self._guard = guard
-        self._inner = inner
+        self._server = server
+        self._inner: Any = None
         self._transport: asyncio.BaseTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_for_head = True
@@ -85,14 +90,24 @@ class _Tracked(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
         self._guard.open[id(transport)] = self
-        self._inner.connection_made(transport)
+        self._start_inner()
         self._arm()  # a connection that sends nothing is closed too
 
+    def _start_inner(self) -> None:
+        """Create aiohttp's protocol for this connection (registered with its server, which
+        closes it on shutdown)."""
+        assert self._transport is not None
+        self._inner = self._server()
+        self._inner.connection_made(self._transport)
+
     def data_received(self, data: bytes) -> None:
+        self._track(data)
+        self._inner.data_received(data)
+
+    def _track(self, data: bytes | bytearray) -> None:
         if data and not self._busy and not self._waiting_for_head:
             self._waiting_for_head = True  # the first byte of the next request
             self._arm()
-        self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
         result: bool | None = self._inner.eof_received()
@@ -102,13 +117,16 @@ class _Tracked(asyncio.Protocol):
         self._cancel()
         if self._transport is not None:
             self._guard.open.pop(id(self._transport), None)
-        self._inner.connection_lost(exc)
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        if self._inner is not None:
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        if self._inner is not None:
+            self._inner.resume_writing()
 
     # -- the request head deadline
 
@@ -135,19 +153,33 @@ class _Tracked(asyncio.Protocol):
     def _expire(self) -> None:
         self._timer = None
         if self._waiting_for_head and not self._busy and self._transport is not None:
+            self._head_expired()
+
+    def _head_expired(self) -> None:
+        if self._transport is not None:
             self._guard.timed_out += 1
             log.debug("closing a connection: no complete request head within %.1f s",
                       self._guard.header_timeout)  # fmt: skip
             self._transport.close()
 
 
+ConnectionFactory = Callable[["ConnectionGuard", web.Server], TrackedConnection]
+
+
 class ConnectionGuard:
     """The connection bounds of one listener (see the module's docstring)."""
 
-    def __init__(self, max_connections: int, header_timeout: float) -> None:
+    def __init__(
+        self,
+        max_connections: int,
+        header_timeout: float,
+        connection: ConnectionFactory = TrackedConnection,
+    ) -> None:
         self.max_connections = max_connections
         self.header_timeout = header_timeout
-        self.open: dict[int, _Tracked] = {}
+        self.connection = connection
+        """Makes each accepted connection's protocol (a `TrackedConnection`)."""
+        self.open: dict[int, TrackedConnection] = {}
         """id(transport) -> its connection, while open (the transport is alive meanwhile)."""
         self.refused = 0
         self.timed_out = 0
@@ -157,7 +189,7 @@ class ConnectionGuard:
             if self.max_connections and len(self.open) >= self.max_connections:
                 self.refused += 1
                 return _Busy()
-            return _Tracked(self, server())
+            return self.connection(self, server)
 
         return make
 
@@ -186,6 +218,12 @@ class GuardedSite(web.TCPSite):
     ) -> None:
         super().__init__(runner, host, port, reuse_port=reuse_port)
         self.guard = guard
+
+    @property
+    def bound_port(self) -> int:
+        """The port the started site listens on (the one picked for port 0)."""
+        server = cast("asyncio.Server", self._server)
+        return int(server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner

@@ -332,7 +332,12 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     size = 0
     content = request.content
     while True:
-        chunk = await content.readany()
+        try:
+            chunk = await content.readany()
+        except RuntimeError:  # aiohttp's way of saying it when the loss came before the read
+            if request.transport is None:
+                raise ConnectionResetError("connection closed") from None
+            raise
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)

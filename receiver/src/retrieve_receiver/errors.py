@@ -6,12 +6,14 @@ import json
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
 if TYPE_CHECKING:
+    from .app import Answer
     from .routing import AppRoute
 
 SUCCESS_BODY = b'{"result": true, "error": ""}'
@@ -53,6 +55,9 @@ class _Heads:
         self._second = 0
         self._heads: dict[tuple[int, int, bool], bytes] = {}
 
+    def date(self) -> str:
+        return formatdate(int(time.time()), usegmt=True)
+
     def get(self, major: int, minor: int, keep_alive: bool) -> bytes:
         now = int(time.time())
         if now != self._second:
@@ -81,6 +86,27 @@ class _Heads:
 
 
 _heads = _Heads()
+
+
+def answer_bytes(answer: Answer) -> bytes:
+    """The whole answer as aiohttp would write it to an HTTP/1.1 keep-alive request (the lean
+    path's only kind): the success bytes of `Success`, or those of `failure`'s `Response`
+    (`Connection: close` when the answer closes the connection)."""
+    if answer.status == 200:
+        return _heads.get(1, 1, True) + SUCCESS_BODY
+    body = json.dumps({"result": False, "error": answer.message}).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (answer.headers or {}).items())
+    connection = "Connection: close\r\n" if answer.close else ""
+    head = (
+        f"HTTP/1.1 {answer.status} {HTTPStatus(answer.status).phrase}\r\n"
+        f"{extra}"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"Date: {_heads.date()}\r\n"
+        f"Server: {SERVER_SOFTWARE}\r\n"
+        f"{connection}\r\n"
+    )
+    return head.encode("latin-1") + body
 
 
 def success() -> web.StreamResponse:

@@ -82,6 +82,12 @@ class ReceiverMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.lean_handovers = Counter(
+            "retrieve_receiver_lean_handovers",
+            "Public-port connections the lean HTTP path handed to aiohttp, at a request that"
+            " is not a plain webhook request arriving whole (chunked, 100-continue, slow, ...).",
+            registry=self.registry,
+        )
         self.observe = self.requests.observe
 
 

@@ -11,7 +11,8 @@ from retrieve_core.connections import GuardedSite
 from retrieve_core.provider import ConfigProvider
 
 from .admin import admin_site, init_admin_app
-from .app import GUARD_KEY, init_app
+from .app import GUARD_KEY, SETTINGS_KEY, init_app
+from .lean import lean_connections, shutdown_lean
 from .metrics import ReceiverMetrics
 from .settings import ReceiverSettings
 
@@ -54,18 +55,40 @@ async def run_receiver(  # noqa: PLR0917 - the CLI's documented positional call
         access_log=None,
     )
     runners: list[web.AppRunner] = []
+    site: GuardedSite | None = None
     try:
         for runner in (admin, public):
             await runner.setup()
             runners.insert(0, runner)  # cleaned up public first: it finishes in-flight webhooks
         await admin_site(admin, admin_host, admin_port).start()  # bounded like the public port
-        # The public port: connection cap and request-head deadline (`connections`).
-        await GuardedSite(public, host, port, public_app[GUARD_KEY], reuse_port=reuse_port).start()
+        site = public_site(public, host, port, reuse_port=reuse_port)
+        await site.start()
         log.info("receiver listening on %s:%d (admin %s:%d)", host, port, admin_host, admin_port)
         await asyncio.Event().wait()
     finally:
+        if site is not None:  # no new connections; lean requests in progress finish first
+            await asyncio.shield(stop_public_site(site, shutdown_timeout))
         for runner in runners:
             await asyncio.shield(runner.cleanup())
+
+
+def public_site(
+    runner: web.AppRunner, host: str, port: int, *, reuse_port: bool = False
+) -> GuardedSite:
+    """The public port's site: connection cap and request-head deadline (`connections`), and
+    the lean HTTP path (`lean`) unless the settings turn it off."""
+    webapp = runner.app
+    guard = webapp[GUARD_KEY]
+    if webapp[SETTINGS_KEY].lean_http:
+        guard.connection = lean_connections(webapp)
+    return GuardedSite(runner, host, port, guard, reuse_port=reuse_port)
+
+
+async def stop_public_site(site: GuardedSite, timeout: float) -> None:
+    """Stop accepting, then let lean requests in progress finish (up to `timeout` seconds);
+    the runner's cleanup does the same for the connections aiohttp serves."""
+    await site.stop()
+    await shutdown_lean(site.guard, timeout)
 
 
 async def run_admin(

@@ -16,6 +16,7 @@ from retrieve_core.constants import (
     ENV_DNS_SERVERS,
     ENV_HEADER_TIMEOUT,
     ENV_IDLE_TIMEOUT,
+    ENV_LEAN_HTTP,
     ENV_MAX_CONNECTIONS,
     ENV_REDIS_URL,
     ENV_REJECTED_PAYLOAD_BYTES,
@@ -62,6 +63,9 @@ class ReceiverSettings:
     rejected_payload_bytes: int = 1024
     """Of a refused request's body, at most this many bytes go into its log record (and never
     more than the application's `webhookLogs.payloadBytes`) (`RETRIEVE_REJECTED_PAYLOAD_BYTES`)."""
+    lean_http: bool = True
+    """Serve plain webhook requests on the lean HTTP path (`retrieve_receiver.lean`);
+    `RETRIEVE_LEAN_HTTP=0` leaves every request to aiohttp."""
     admin_hosts: tuple[str, ...] = ()
     """Host names the admin port answers besides IP addresses and `localhost`
     (`RETRIEVE_ADMIN_HOSTS`); an entry starting with `.` admits every name ending in it."""
@@ -71,7 +75,7 @@ class ReceiverSettings:
         """Settings from `RETRIEVE_REDIS_URL`, `RETRIEVE_DNS_SERVERS`, `RETRIEVE_ALLOWED_LIST`,
         `RETRIEVE_ADMIN_HOSTS` and the connection limits (`RETRIEVE_HEADER_TIMEOUT_SECONDS`,
         `RETRIEVE_BODY_TIMEOUT_SECONDS`, `RETRIEVE_IDLE_TIMEOUT_SECONDS`,
-        `RETRIEVE_MAX_CONNECTIONS`, `RETRIEVE_ADMIN_MAX_CONNECTIONS`).
+        `RETRIEVE_MAX_CONNECTIONS`, `RETRIEVE_ADMIN_MAX_CONNECTIONS`) and `RETRIEVE_LEAN_HTTP`.
 
         Keyword overrides (from CLI flags) win; a None override is ignored.
         """
@@ -81,6 +85,7 @@ class ReceiverSettings:
             dns_servers=parse_dns_servers(source.get(ENV_DNS_SERVERS)),
             extra_allowed=split_entries(source.get(ENV_ALLOWED_LIST)),
             admin_hosts=split_entries(source.get(ENV_ADMIN_HOSTS)),
+            lean_http=_flag(source, ENV_LEAN_HTTP, default=True),
         )
         limits: dict[str, Any] = {
             "header_timeout": _number(source, ENV_HEADER_TIMEOUT, float),
@@ -100,6 +105,17 @@ class ReceiverSettings:
         if isinstance(values.get("extra_allowed"), str):
             values["extra_allowed"] = split_entries(values["extra_allowed"])
         return replace(self, **values)
+
+
+def _flag(source: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = source.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{name}={raw!r} is not a flag: use 1 or 0")
 
 
 def _number(source: Mapping[str, str], name: str, kind: type[float] | type[int]) -> Any:
