@@ -98,7 +98,7 @@ def answer_bytes(answer: Answer) -> bytes:
     extra = "".join(f"{name}: {value}\r\n" for name, value in (answer.headers or {}).items())
     connection = "Connection: close\r\n" if answer.close else ""
     head = (
-        f"HTTP/1.1 {answer.status} {HTTPStatus(answer.status).phrase}\r\n"
+        f"HTTP/1.1 {answer.status} {_reason(answer.status)}\r\n"
         f"{extra}"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
@@ -107,6 +107,13 @@ def answer_bytes(answer: Answer) -> bytes:
         f"{connection}\r\n"
     )
     return head.encode("latin-1") + body
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def success() -> web.StreamResponse:
