@@ -19,6 +19,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from prometheus_client import generate_latest
 
 from retrieve_receiver.app import GUARD_KEY, METRICS_KEY
 from retrieve_receiver.lean import (
@@ -351,6 +352,8 @@ async def test_plain_requests_stay_lean_and_the_first_other_one_hands_over_in_or
         "error": "Integration nope not found",
     }
     assert handovers(lean_client) == 1
+    exported = generate_latest(lean_client.app[METRICS_KEY].registry).decode()
+    assert "retrieve_receiver_lean_handovers_total 1.0" in exported.splitlines()
     counts = lean_client.app[METRICS_KEY].requests.counts
     assert counts[(ORDER_ID, 200)] == 4
 
