@@ -10,10 +10,11 @@ routes, and writes the same answers (`errors.answer_bytes`, tested against aioht
 
 What it serves is deliberately narrow (`parse_plain_request`): the request line and every
 header line must match RFC 9112's grammar with no obsolete forms (no line folding, no control
-bytes, no whitespace before the colon), exactly one `Host` and one `Content-Length` (digits,
-at most `MAX_LEAN_BODY`), no header twice, no `Transfer-Encoding`, `Expect`, `Upgrade`, and no
-`Connection` other than `keep-alive`; the id is letters, digits and `._~-`, and there is no
-query. The head and the whole body must arrive within the request-head deadline. Anything else
+bytes, no whitespace before the colon or after the value), exactly one `Host` and one
+`Content-Length` (digits, at most `MAX_LEAN_BODY`), no header twice, no `Transfer-Encoding`,
+`Expect`, `Upgrade`, `Proxy-Connection`, and no `Connection` other than `keep-alive`; the id is
+letters, digits and `._~-`, and there is no query. The head and the whole body must arrive
+within the request-head deadline. Anything else
 — another method, path, version or form; chunked bodies, `100-continue`, a body larger or
 slower than that, a malformed head — goes to aiohttp: from that request on, aiohttp's protocol
 serves the connection, with every limit and answer it has (and the same `handle_webhook`). A
@@ -60,8 +61,10 @@ _VALUE = rb"(?:[\x21-\x7e\x80-\xff]++(?:[ \t]++[\x21-\x7e\x80-\xff]++)*+)?+"
 _REQUEST_LINE = re.compile(
     rb"POST (/integration/([A-Za-z0-9][A-Za-z0-9._~-]{0,254})(/xml)?) HTTP/1\.1\r\n"
 )
-_FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[ \t]*+" + _VALUE + rb"[ \t]*+\r\n)*+")
-_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*+(" + _VALUE + rb")[ \t]*+\r\n")
+# No whitespace after a value: llhttp before aiohttp 3.12 kept it in the value, later ones strip
+# it; such a line goes to aiohttp, so that both paths read the same value on every version.
+_FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[ \t]*+" + _VALUE + rb"\r\n)*+")
+_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*+(" + _VALUE + rb")\r\n")
 _DIGITS = re.compile(rb"[0-9]{1,7}")
 _REFUSED_FIELDS = frozenset(
     {"transfer-encoding", "expect", "upgrade", "proxy-connection", "sec-websocket-key1"}
