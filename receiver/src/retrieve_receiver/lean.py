@@ -14,9 +14,9 @@ bytes, no whitespace before the colon or after the value), exactly one `Host` an
 `Content-Length` (digits, at most `MAX_LEAN_BODY`), no header twice, no `Transfer-Encoding`,
 `Expect`, `Upgrade`, `Proxy-Connection`, and no `Connection` other than `keep-alive`; the id is
 letters, digits and `._~-`, and there is no query. The head and the whole body must arrive
-within the request-head deadline. Anything else
-— another method, path, version or form; chunked bodies, `100-continue`, a body larger or
-slower than that, a malformed head — goes to aiohttp: from that request on, aiohttp's protocol
+within the request-head deadline. Anything else — another method, path, version or form;
+chunked bodies, `100-continue`, a body larger or slower than that, a malformed head — goes to
+aiohttp: from that request on, aiohttp's protocol
 serves the connection, with every limit and answer it has (and the same `handle_webhook`). A
 request is handed over whole and only when no lean answer is pending, so answers keep their
 order and both parsers never read the same bytes. Requests that do not qualify are never
