@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from retrieve_receiver.app import GUARD_KEY, METRICS_KEY
+from retrieve_receiver.app import GUARD_KEY, METRICS_KEY, init_app
 from retrieve_receiver.lean import (
     MAX_BUFFERED,
     MAX_LEAN_BODY,
@@ -32,6 +32,8 @@ from retrieve_receiver.lean import (
     PlainRequest,
     parse_plain_request,
 )
+from retrieve_receiver.serving import public_site
+from retrieve_receiver.settings import ReceiverSettings
 from tests.receiver.conftest import ORDER_ID, ClientFactory, make_app, make_integration
 from tests.receiver.conftest import make_provider as provider_of
 
@@ -546,3 +548,34 @@ async def test_without_a_head_deadline_a_slow_body_goes_to_aiohttps_body_timeout
         sock.close()
     assert [status(a) for a in answers] == [408]
     assert handovers(client) == 1
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("", True), ("1", True), ("true", True), ("0", False), ("off", False)]
+)
+def test_retrieve_lean_http_turns_the_lean_path_on_or_off(raw: str, expected: bool) -> None:
+    assert ReceiverSettings.from_env({"RETRIEVE_LEAN_HTTP": raw}).lean_http is expected
+
+
+@pytest.mark.unit
+def test_a_retrieve_lean_http_that_is_not_a_flag_is_refused() -> None:
+    with pytest.raises(ValueError, match="RETRIEVE_LEAN_HTTP='maybe' is not a flag"):
+        ReceiverSettings.from_env({"RETRIEVE_LEAN_HTTP": "maybe"})
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("lean_http", [True, False])
+async def test_the_public_site_serves_lean_connections_only_when_the_settings_say_so(
+    lean_http: bool,
+) -> None:
+    app = init_app(ReceiverSettings(lean_http=lean_http), provider_of(make_app()))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = public_site(runner, "127.0.0.1", 0)
+        assert runner.server is not None
+        made = site.guard.connection(site.guard, runner.server)
+    finally:
+        await runner.cleanup()
+    assert isinstance(made, LeanConnection) is lean_http
