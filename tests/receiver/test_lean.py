@@ -12,7 +12,7 @@ import json
 import socket
 import string
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp import http_parser, web
@@ -32,7 +32,7 @@ from retrieve_receiver.lean import (
     PlainRequest,
     parse_plain_request,
 )
-from retrieve_receiver.serving import public_site
+from retrieve_receiver.serving import public_site, stop_public_site
 from retrieve_receiver.settings import ReceiverSettings
 from tests.receiver.conftest import ORDER_ID, ClientFactory, make_app, make_integration
 from tests.receiver.conftest import make_provider as provider_of
@@ -275,9 +275,14 @@ def test_whatever_the_lean_parser_serves_aiohttp_parses_the_same(
         return  # aiohttp decides: nothing to compare
     if not isinstance(lean, PlainRequest):
         return  # incomplete: nothing served yet
-    # What the lean path took, then a clean request: aiohttp must read the same two requests
-    # (what a sender declared too short leaves behind is the next request's business).
-    theirs = aiohttp_parse((raw + follower)[: lean.size] + follower)
+    assert_aiohttp_reads_the_same(raw + follower, lean, follower)
+
+
+def assert_aiohttp_reads_the_same(raw: bytes, lean: PlainRequest, follower: bytes) -> None:
+    """aiohttp's parser reads from `raw[:lean.size]` the request the lean parser took, and the
+    clean `follower` after it (what a sender declared too short leaves behind is the next
+    request's business)."""
+    theirs = aiohttp_parse(raw[: lean.size] + follower)
     assert len(theirs) == 2, "aiohttp reads a different boundary"
     message, their_body = theirs[0]
     assert message.method == "POST"
@@ -294,6 +299,60 @@ def test_whatever_the_lean_parser_serves_aiohttp_parses_the_same(
     assert not message.upgrade
     assert their_body == lean.body
     assert theirs[1][1] == b"{}"
+
+
+_FIELD_VALUE = st.lists(
+    st.sampled_from(
+        [b"a", b"Z", b"0", b"/", b";", b"=", b'"', b",", b"-", b"\xc3\xa9", b"\xff", b"\x80",
+         b" ", b"\t", b"  ", b"(", b"~"]
+    ),
+    max_size=16,
+).map(b"".join).map(lambda v: v.strip(b" \t"))  # fmt: skip
+
+
+@given(
+    integration_id=_ID.filter(lambda i: i[0].isalnum()),
+    xml=st.booleans(),
+    fields=st.dictionaries(
+        _SAFE_NAMES | st.text(_TOKEN_CHARS, min_size=1, max_size=12).map(lambda n: "X-" + n),
+        st.tuples(st.sampled_from([b": ", b":", b":\t", b":  \t "]), _FIELD_VALUE),
+        max_size=6,
+    ),
+    keep_alive=st.sampled_from([None, b"keep-alive", b"Keep-Alive", b"KEEP-ALIVE"]),
+    zeros=st.integers(0, 3),
+    body=st.binary(max_size=64),
+)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.unit
+def test_every_plain_request_is_served_lean_and_read_as_aiohttp_reads_it(
+    integration_id: str,
+    xml: bool,
+    fields: dict[str, tuple[bytes, bytes]],
+    keep_alive: bytes | None,
+    zeros: int,
+    body: bytes,
+) -> None:
+    """Requests plain by construction (the lean path must take each one, so this cannot pass
+    by handing everything over): whitespace around values, non-ASCII bytes, any `keep-alive`
+    spelling, leading zeros in `Content-Length`; aiohttp reads each the same way."""
+    target = f"/integration/{integration_id}" + ("/xml" if xml else "")
+    lines = [f"POST {target} HTTP/1.1".encode(), b"Host: webhook-a.example"]
+    names = {"host", "content-length", "connection"}
+    for name, (colon, value) in fields.items():
+        if name.lower() in names:
+            continue
+        names.add(name.lower())
+        lines.append(name.encode() + colon + value)
+    if keep_alive is not None:
+        lines.append(b"Connection: " + keep_alive)
+    lines.append(b"Content-Length: " + b"0" * zeros + str(len(body)).encode())
+    raw = b"\r\n".join(lines) + b"\r\n\r\n" + body
+    follower = plain(b"{}")
+    lean = parse_plain_request(raw + follower)
+    assert isinstance(lean, PlainRequest), raw
+    assert lean.size == len(raw)
+    assert (lean.integration_id, lean.xml_route, lean.body) == (integration_id, xml, body)
+    assert_aiohttp_reads_the_same(raw + follower, lean, follower)
 
 
 # ---------------------------------------------------------------- the connection
@@ -579,3 +638,106 @@ async def test_the_public_site_serves_lean_connections_only_when_the_settings_sa
     finally:
         await runner.cleanup()
     assert isinstance(made, LeanConnection) is lean_http
+
+
+@lean_only
+async def test_a_request_under_way_is_not_closed_as_idle(receiver_client: ClientFactory) -> None:
+    """The idle timeout counts from the last answer only while nothing is under way: a head
+    that came in time, with its body still arriving past the idle timeout, is answered."""
+    app = make_app(integrations=[make_integration(ORDER_ID)])
+    client = await receiver_client(provider_of(app), idle_timeout=0.5, header_timeout=3)
+    loop = asyncio.get_running_loop()
+    sock = await connect(client)
+    try:
+        await loop.sock_sendall(sock, PLAIN)
+        assert [status(a) for a in await read_answers(sock, 1)] == [200]
+        await asyncio.sleep(0.3)
+        await loop.sock_sendall(sock, PLAIN[:-5])  # the head and part of the body
+        await asyncio.sleep(0.5)  # past the idle timeout since the answer
+        await loop.sock_sendall(sock, PLAIN[-5:])
+        answers = await read_answers(sock, 1)
+    finally:
+        sock.close()
+    assert [status(a) for a in answers] == [200]
+
+
+@pytest.mark.unit
+async def test_connections_accepted_as_the_listener_stops_are_closed() -> None:
+    """Connections accepted just before the listener closed (their `connection_made` runs
+    after the stop began) are closed too, not left serving after shutdown."""
+    loop = asyncio.get_running_loop()
+    for _ in range(5):
+        app = init_app(ReceiverSettings(), provider_of(make_app()))
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        site = public_site(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site.bound_port
+
+        def flood(port: int = port) -> list[socket.socket]:
+            opened = []
+            for _ in range(50):
+                try:
+                    opened.append(socket.create_connection(("127.0.0.1", port), timeout=1))
+                except OSError:
+                    break
+            return opened
+
+        floods = [loop.run_in_executor(None, flood) for _ in range(4)]
+        await asyncio.sleep(0.003)
+        await stop_public_site(site, 1)
+        opened = [s for group in await asyncio.gather(*floods) for s in group]
+        await asyncio.sleep(0.05)
+        try:
+            still_serving = [
+                c
+                for c in app[GUARD_KEY].open.values()
+                if not cast("asyncio.Transport", c._transport).is_closing()
+            ]
+            assert still_serving == []
+        finally:
+            await runner.cleanup()
+            for sock in opened:
+                sock.close()
+
+
+@lean_only
+async def test_a_head_started_while_answers_cannot_be_written_keeps_its_deadline(
+    lean_client: TestClient[web.Request, web.Application],
+) -> None:
+    """A sender that does not read its answers pauses the connection's writing; a partial
+    head it sends meanwhile gets its deadline once the answers are read (before, the deadline
+    was dropped and only the idle timeout closed the connection)."""
+    loop = asyncio.get_running_loop()
+    assert lean_client.server.port is not None
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", lean_client.server.port))
+    await asyncio.sleep(0.05)
+    connection = next(
+        c for c in lean_client.app[GUARD_KEY].open.values() if isinstance(c, LeanConnection)
+    )
+    # Small buffers on the server's side, so that a few dozen answers fill them.
+    transport = cast("asyncio.Transport", connection._transport)
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    transport.set_write_buffer_limits(high=2048)
+    counts = lean_client.app[METRICS_KEY].requests.counts
+    sent = 0
+    try:
+        async with asyncio.timeout(30):
+            while not connection._write_paused:  # one request at a time, each one answered
+                await loop.sock_sendall(sock, PLAIN)
+                sent += 1
+                while counts.get((ORDER_ID, 200), 0) < sent or connection.task:  # noqa: ASYNC110
+                    await asyncio.sleep(0.001)
+        assert connection.buffered == 0
+        await loop.sock_sendall(sock, PLAIN[:30])  # a next head starts
+        await asyncio.sleep(0.8)  # past header_timeout=0.5, while writing is paused
+        answers = await read_answers(sock, sent, timeout=10)
+        async with asyncio.timeout(5):  # then the partial head has its 0.5 s, not 120
+            assert await loop.sock_recv(sock, 100) == b""
+    finally:
+        sock.close()
+    assert len(answers) == sent
+    assert {status(a) for a in answers} == {200}

@@ -84,6 +84,7 @@ class TrackedConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_for_head = True
         self._busy = False
+        self._bytes_while_busy = False
 
     # -- the asyncio protocol, delegated to aiohttp's
 
@@ -105,7 +106,11 @@ class TrackedConnection(asyncio.Protocol):
         self._inner.data_received(data)
 
     def _track(self, data: bytes | bytearray) -> None:
-        if data and not self._busy and not self._waiting_for_head:
+        if not data:
+            return
+        if self._busy:
+            self._bytes_while_busy = True  # the next request's deadline starts at the answer
+        elif not self._waiting_for_head:
             self._waiting_for_head = True  # the first byte of the next request
             self._arm()
 
@@ -137,6 +142,10 @@ class TrackedConnection(asyncio.Protocol):
 
     def answered(self) -> None:
         self._busy = False
+        if self._bytes_while_busy:  # a next request (or part of one) came meanwhile
+            self._bytes_while_busy = False
+            self._waiting_for_head = True
+            self._arm()
 
     def _arm(self) -> None:
         self._cancel()
@@ -183,6 +192,8 @@ class ConnectionGuard:
         """id(transport) -> its connection, while open (the transport is alive meanwhile)."""
         self.refused = 0
         self.timed_out = 0
+        self.stopping = False
+        """Set at shutdown, once the listener stopped accepting."""
 
     def factory(self, server: web.Server) -> Callable[[], asyncio.BaseProtocol]:
         def make() -> asyncio.BaseProtocol:

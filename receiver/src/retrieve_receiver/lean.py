@@ -195,6 +195,9 @@ class LeanConnection(TrackedConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
         self._guard.open[id(transport)] = self
+        if self._guard.stopping:  # accepted just before the listener closed
+            self.close_now()
+            return
         peer = transport.get_extra_info("peername")
         self._remote = str(peer[0]) if isinstance(peer, list | tuple) else None
         sock = transport.get_extra_info("socket")
@@ -261,6 +264,8 @@ class LeanConnection(TrackedConnection):
             return
         if not isinstance(request, PlainRequest):  # more to come, within the head deadline
             self._wanted = request  # the head is not parsed again for every packet of the body
+            if request:
+                self._cancel_idle()  # a request is under way: not idle (its deadline runs)
             if self._eof or (request and self._guard.header_timeout <= 0):
                 # A truncated request, or a body with no deadline here: aiohttp's to judge.
                 self._hand_over()
@@ -326,7 +331,10 @@ class LeanConnection(TrackedConnection):
 
     def _head_expired(self) -> None:
         if self._lean and self._write_paused:
-            return  # slow to read its answers, not to send: the idle timeout bounds it
+            # Slow to read its answers, not to send (the idle timeout bounds that): the deadline
+            # starts again for what is buffered once answers can be written (`_next`).
+            self._waiting_for_head = False
+            return
         # A complete head whose body is slow: aiohttp waits for the body (`body_timeout`).
         if self._lean and not self._closing and self._task is None and self._wanted:
             self._hand_over()
@@ -406,6 +414,8 @@ async def shutdown_lean(guard: ConnectionGuard, timeout: float) -> None:
     Call after the listener stopped accepting and before aiohttp's server shuts down (the
     connections aiohttp serves are its own to close).
     """
+    guard.stopping = True  # a connection accepted from now on is closed at once
+    await asyncio.sleep(0)  # the ones accepted before: their `connection_made` runs
     connections = [c for c in guard.open.values() if isinstance(c, LeanConnection) and c.lean]
     for connection in connections:
         connection.close_when_idle()
@@ -414,6 +424,8 @@ async def shutdown_lean(guard: ConnectionGuard, timeout: float) -> None:
         _, late = await asyncio.wait(tasks, timeout=timeout)
         for task in late:  # as aiohttp does with its handlers past the timeout
             task.cancel()
+        if late:  # settled before Redis is closed (bounded: a cancellation may be swallowed)
+            await asyncio.wait(late, timeout=timeout)
     for connection in connections:
         if connection.lean:
             connection.close_now()  # past the deadline
