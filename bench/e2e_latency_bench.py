@@ -4,10 +4,18 @@ One `retrieve receiver` and one `retrieve worker` process over a private redis-s
 dev mode), a destination that is an aiohttp server in its own process, and an open-loop sender
 in its own process posting at a fixed rate. Each webhook carries the time it was sent; the
 destination notes, for every record it receives, now minus that time. Printed per rate: p50,
-p99 and max of that latency, without batching and with `batch: {maxRecords: 100, maxWaitMs: 50}`.
+p99 and max of that latency, without batching and with `batch: {maxRecords: 100, maxWaitMs: 50}`,
+and beside them the receiver's answer latency as the sender saw it (sent to the answer's last
+byte: what a source system waits for).
 
     .venv/bin/python bench/e2e_latency_bench.py [--rates 1000,2000] [--seconds 5] [--wait-ms 50]
-        [--senders 2]
+        [--senders 2] [--warmup 1]
+
+Each sender first sends at the measured rate for `--warmup` seconds, those webhooks marked and
+left out of every figure, and goes straight on with the measured ones. From a cold start the
+first ~200 ms are the sender opening keep-alive connections as fast as requests come: that
+costs a server that does nothing (`bench/bare_app.py PORT llhttp`) up to ~300 ms per answer,
+and it, not the servers, was a 5-second run's p99 before the warm-up was measured this way.
 
 `--senders N` splits each rate over N sender processes (one Python sender may not keep up on a
 busy machine: `sent/s` below the rate means the figures include the sender's own lag). Each row
@@ -49,7 +57,8 @@ async def take(request):
     now = time.time()
     body = json.loads(await request.read())
     for record in body if isinstance(body, list) else [body]:
-        latencies.append(now - record["sent_at"])
+        if not record.get("warmup"):
+            latencies.append(now - record["sent_at"])
     return web.Response(text='{"ok":true}', content_type="application/json")
 async def stats(request):
     data = sorted(latencies)
@@ -64,31 +73,44 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print
 SENDER = r"""
 import asyncio, json, sys, time
 from retrieve_worker.httpclient import DestinationClient
-async def main(url, rate, seconds):
+async def main(url, rate, seconds, warmup):
     client = DestinationClient(user_agent="retrieve-bench")
-    statuses = {}
+    statuses, warm_statuses, answered = {}, {}, []
     headers = {"Content-Type": "application/json"}
+    warm = int(rate * warmup)
     async def one(n):
-        body = json.dumps({"n": n, "sent_at": time.time(), "note": "x" * 900}).encode()
+        sent = time.perf_counter()
+        body = json.dumps({"n": n, "sent_at": time.time(), "warmup": n < warm,
+                           "note": "x" * 900}).encode()
         answer = await client.request("POST", url, headers, body, 30)
-        statuses[answer.status] = statuses.get(answer.status, 0) + 1
+        counts = warm_statuses if n < warm else statuses
+        counts[answer.status] = counts.get(answer.status, 0) + 1
+        if n >= warm:
+            answered.append((time.perf_counter() - sent) * 1000)
     total = int(rate * seconds)
     begin = time.perf_counter()
     tasks = []
-    for n in range(total):
+    for n in range(warm + total):
         delay = begin + n / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        if n == warm:
+            measured = time.perf_counter()
         tasks.append(asyncio.create_task(one(n)))
     await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - begin
+    elapsed = time.perf_counter() - measured
     await client.close()
-    print(json.dumps({"sent": total, "rps": total / elapsed, "statuses": statuses}))
+    answered.sort()
+    at = lambda p: answered[min(len(answered) - 1, int(p * len(answered)))]
+    print(json.dumps({"sent": total, "rps": total / elapsed, "statuses": statuses,
+                      "warmup_statuses": warm_statuses,
+                      "answer_ms": {"p50": at(0.5), "p99": at(0.99), "max": at(1)}}))
+args = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 try:
     import uvloop
-    uvloop.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
+    uvloop.run(main(*args))
 except ImportError:
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
+    asyncio.run(main(*args))
 """
 
 PLAIN, BATCHED = "LATENCY1", "LATENCY2"
@@ -138,21 +160,32 @@ def retrieve(*args: str) -> subprocess.Popen[bytes]:
 
 
 def send(
-    url: str, rate: int, seconds: float, senders: int, gosender: Path | None = None
+    url: str,
+    rate: int,
+    seconds: float,
+    senders: int,
+    gosender: Path | None = None,
+    warmup: float = 0,
 ) -> dict[str, Any]:
-    """`rate` webhooks/s for `seconds`, from `senders` processes at once; what they sent."""
+    """`rate` webhooks/s for `seconds` after `warmup` seconds at that rate (marked, not
+    measured), from `senders` processes at once; what they sent, and the answer latency they
+    saw (of several senders, the worst one's p50/p99/max)."""
     share = [rate // senders + (1 if n < rate % senders else 0) for n in range(senders)]
 
     def command(part: int) -> list[str]:
         if gosender is not None:
-            return [str(gosender), "-url", url, "-rate", str(part), "-seconds", str(seconds)]
-        return [sys.executable, "-c", SENDER, url, str(part), str(seconds)]
+            return [str(gosender), "-url", url, "-rate", str(part), "-seconds", str(seconds),
+                    "-warmup", str(warmup)]  # fmt: skip
+        return [sys.executable, "-c", SENDER, url, str(part), str(seconds), str(warmup)]
 
     env = {**os.environ, "GOMAXPROCS": "1"}
     running = [
         subprocess.Popen(command(part), stdout=subprocess.PIPE, env=env) for part in share if part
     ]
-    total: dict[str, Any] = {"sent": 0, "rps": 0.0, "statuses": {}}
+    total: dict[str, Any] = {
+        "sent": 0, "warmup": 0, "rps": 0.0, "statuses": {}, "warmup_statuses": {},
+        "answer_ms": {"p50": 0.0, "p99": 0.0, "max": 0.0},
+    }  # fmt: skip
     for process in running:
         out, _ = process.communicate()
         if process.returncode:
@@ -160,8 +193,12 @@ def send(
         one = json.loads(out)
         total["sent"] += one["sent"]
         total["rps"] += one["rps"]
-        for status, count in one["statuses"].items():
-            total["statuses"][status] = total["statuses"].get(status, 0) + count
+        for key in ("statuses", "warmup_statuses"):
+            for status, count in one[key].items():
+                total[key][status] = total[key].get(status, 0) + count
+        total["warmup"] += sum(one["warmup_statuses"].values())
+        for p, value in one["answer_ms"].items():
+            total["answer_ms"][p] = max(total["answer_ms"][p], value)
     return total
 
 
@@ -190,33 +227,41 @@ def main(args: argparse.Namespace) -> None:
         wait_http(f"http://127.0.0.1:{worker_admin}/readyz")
         wait_http(f"{sink_url}/stats")
         print(f"senders: {args.senders} x {args.sender}")
-        print(f"{'':28} {'sent/s':>8} {'records':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+        print(
+            f"{'':28} {'sent/s':>8} {'records':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
+            f" | {'answer p50':>10} {'p99':>6} {'max':>6}"
+        )
         for rate in args.rates:
             for label, integration in (("unbatched", PLAIN), ("batched", BATCHED)):
                 url = f"http://127.0.0.1:{port}/integration/{integration}"
-                # Warm-up (connections, JIT-less caches), then the measured run.
-                send(url, 200, 1, 1, gosender)
-                time.sleep(1 + args.wait_ms / 1000)
                 urllib.request.urlopen(f"{sink_url}/stats").read()
                 load = os.getloadavg()[0]
                 servers = {"receiver": processes[1].pid, "worker": processes[2].pid,
                            "sink": processes[0].pid, "redis": redis.pid}  # fmt: skip
                 cpu_before = {name: cpu_seconds(pid) for name, pid in servers.items()}
-                sent = send(url, rate, args.seconds, args.senders, gosender)
+                # The senders warm up at the rate first (keep-alive connections, caches), those
+                # webhooks marked and not measured; the measured ones follow without a pause.
+                sent = send(url, rate, args.seconds, args.senders, gosender, args.warmup)
+                webhooks = sent["sent"] + sent["warmup"]
                 busy = {
-                    name: (cpu_seconds(pid) - cpu_before[name]) / max(sent["sent"], 1) * 1e6
+                    name: (cpu_seconds(pid) - cpu_before[name]) / max(webhooks, 1) * 1e6
                     for name, pid in servers.items()
                 }
                 time.sleep(2 + args.wait_ms / 1000)  # the last records arrive
                 with urllib.request.urlopen(f"{sink_url}/stats") as answer:
                     latencies: list[float] = json.loads(answer.read())
                 name = f"{label} @ {rate}/s"
-                refused = "" if sent["statuses"] == {"200": sent["sent"]} else sent["statuses"]
+                warmed = {"200": sent["warmup"]} if sent["warmup"] else {}
+                statuses = sent["statuses"], sent["warmup_statuses"]
+                refused = "" if statuses == ({"200": sent["sent"]}, warmed) else f" {statuses}"
                 worst = latencies[-1] * 1000 if latencies else float("nan")
+                answer = sent["answer_ms"]
                 print(
                     f"{name:<28} {sent['rps']:8.0f} {len(latencies):8d} "
                     f"{percentile(latencies, 0.5):8.2f} {percentile(latencies, 0.99):8.2f} "
-                    f"{worst:8.2f}  load {load:.1f}/{os.cpu_count()} CPUs {refused}"
+                    f"{worst:8.2f} | {answer['p50']:10.2f} {answer['p99']:6.2f} "
+                    f"{answer['max']:6.2f}"
+                    f"  load {load:.1f}/{os.cpu_count()} CPUs{refused}"
                     + "  CPU us/webhook: "
                     + ", ".join(f"{name} {us:.0f}" for name, us in busy.items()),
                     flush=True,
@@ -238,6 +283,13 @@ if __name__ == "__main__":
     )
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--wait-ms", type=int, default=50, help="batch.maxWaitMs")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=1.0,
+        help="seconds each sender sends at the rate before the measured webhooks (marked, not "
+        "measured): a cold start is the sender opening connections, not the servers",
+    )
     parser.add_argument("--senders", type=int, default=1, help="sender processes per rate")
     parser.add_argument(
         "--sender",
