@@ -8,6 +8,8 @@ import json
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from harness.redis_cluster import ClusterServers
@@ -20,6 +22,8 @@ from retrieve_core.logstore import (
     LogStore,
     add_record,
     encode_update,
+    truncate_payload,
+    truncate_payload_bytes,
 )
 from retrieve_core.redisclient import connect_redis
 
@@ -123,6 +127,42 @@ async def test_without_a_bound_the_script_keeps_every_record(redis_client: Redis
     enqueuer = Enqueuer(redis_client)
     await asyncio.gather(*(enqueuer.store(keys, _accepted(n, 0)) for n in range(50)))
     assert await redis_client.zcard(keys.log_index) == 50
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "body",
+    [b"\xff" * 5000, b"\xfe\xff" * 700, "\u00e9".encode() * 3000, "\U0001f600".encode() * 600],
+    ids=["not-utf8", "not-utf8-pairs", "two-byte-chars", "four-byte-chars"],
+)
+def test_a_stored_payload_is_bounded_in_bytes_whatever_the_body(body: bytes) -> None:
+    """SECURITY.md: at most `limit` bytes of a body are stored. Bytes that are not UTF-8 become
+    U+FFFD, three bytes each: 1,024 of them once took 3,072 bytes of Redis."""
+    for limit in (1024, 1023, 1022, 7, 1, 0):
+        text, truncated = truncate_payload(body, limit)
+        stored, truncated_too = truncate_payload_bytes(body, limit)
+        assert len(text.encode()) <= limit
+        assert stored == text.encode()
+        assert truncated and truncated_too
+        assert len(stored) >= limit - 3  # cut at the limit, not far short of it
+
+
+@pytest.mark.unit
+@given(st.binary(max_size=300), st.integers(min_value=0, max_value=320))
+def test_a_payload_is_kept_whole_when_it_fits_and_within_its_bound_when_not(
+    body: bytes, limit: int
+) -> None:
+    text, truncated = truncate_payload(body, limit)
+    assert len(text.encode()) <= limit
+    assert truncate_payload_bytes(body, limit) == (text.encode(), truncated)
+    try:
+        whole = body.decode()
+    except UnicodeDecodeError:
+        whole = None
+    if whole is not None and len(body) <= limit:
+        assert (text, truncated) == (whole, False)
+    if len(body) > limit:
+        assert truncated
 
 
 @pytest.mark.unit

@@ -34,6 +34,7 @@ RECORD_OVERHEAD = 1536
 SLACK = 2 * 1024 * 1024
 FLOOD = 1500
 BODY = b'{"junk": "' + b"x" * (64 * 1024 - 12) + b'"}'
+BINARY = b"\xff\xfe" * (32 * 1024)  # no UTF-8 at all: each byte is stored as U+FFFD (3 bytes)
 SIGNED = "SIGNED1"
 
 
@@ -93,14 +94,19 @@ async def used_memory(redis: Redis) -> int:
     return int(info["used_memory"]) - int(info["mem_clients_normal"])
 
 
+@pytest.mark.parametrize("body", [BODY, BINARY], ids=["json", "binary"])
 async def test_a_flood_of_refused_requests_stays_within_the_log_bound(
-    receiver: Receiver, private_redis_server: RedisServer
+    receiver: Receiver, private_redis_server: RedisServer, body: bytes
 ) -> None:
     redis = Redis.from_url(private_redis_server.url)
     try:
         before = await used_memory(redis)
-        refused = await flood(f"{receiver.url}/integration/{INTEGRATION}", "127.0.0.9", FLOOD)
-        unsigned = await flood(f"{receiver.url}/integration/{SIGNED}", "127.0.0.1", FLOOD)
+        refused = await flood(
+            f"{receiver.url}/integration/{INTEGRATION}", "127.0.0.9", FLOOD, body=body
+        )
+        unsigned = await flood(
+            f"{receiver.url}/integration/{SIGNED}", "127.0.0.1", FLOOD, body=body
+        )
         after = await used_memory(redis)
 
         assert set(unsigned) == {401}
@@ -118,10 +124,16 @@ async def test_a_flood_of_refused_requests_stays_within_the_log_bound(
         assert stored < bound
         assert after - before < bound + SLACK
 
-        # The records kept are the newest, the 401s: each with 1 KiB of its 64 KiB body.
+        # The records kept are the newest, the 401s: each with 1 KiB of its 64 KiB body, in
+        # bytes as stored (a binary body's U+FFFD take 3 bytes each: fewer of its bytes fit).
         records = await LogStore(redis, KEYS).query(limit=MAX_RECORDS)
         assert {r.http_status for r in records} == {401}
-        assert {len(r.payload) for r in records} == {REJECTED_PAYLOAD}
+        for key in hashes:
+            assert REJECTED_PAYLOAD - 3 <= await redis.hstrlen(key, "payload") <= REJECTED_PAYLOAD
+        if body is BODY:
+            assert {len(r.payload) for r in records} == {REJECTED_PAYLOAD}
+        else:
+            assert all(set(r.payload) == {"\ufffd"} for r in records)
         assert all(r.payload_truncated for r in records)
     finally:
         await redis.aclose()

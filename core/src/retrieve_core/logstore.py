@@ -93,8 +93,14 @@ _TEXT_FIELDS = frozenset(
 
 
 def truncate_payload(body: bytes, limit: int) -> tuple[str, bool]:
-    text = body[:limit].decode("utf-8", "replace")
-    return text, len(body) > limit
+    """A body as a log record keeps it: text of at most `limit` bytes once UTF-8 encoded, and
+    whether any of the body was left out.
+
+    Bytes that are not UTF-8 become U+FFFD, three bytes each, so the text is cut again after
+    decoding: a binary body keeps fewer of its bytes, never more than `limit` of storage.
+    """
+    text, truncated = truncate_payload_bytes(body, limit)
+    return text.decode(), truncated
 
 
 def truncate_payload_bytes(body: bytes, limit: int) -> tuple[bytes, bool]:
@@ -106,8 +112,11 @@ def truncate_payload_bytes(body: bytes, limit: int) -> tuple[bytes, bool]:
             pass
         else:
             return body, False
-    text, truncated = truncate_payload(body, limit)
-    return text.encode(), truncated
+    encoded = body[:limit].decode("utf-8", "replace").encode()
+    if len(encoded) > limit:  # replacement characters, or a character cut at the limit
+        # Cut at the limit, then drop the partial character the cut may leave at the end.
+        return encoded[:limit].decode("utf-8", "ignore").encode(), True
+    return encoded, len(body) > limit
 
 
 def add_record(pipe: RedisPipeline, keys: AppKeys, record: LogRecord, max_age_seconds: int) -> None:
