@@ -82,6 +82,26 @@ def test_the_json_body_has_the_contract_fields_and_slack_a_text() -> None:
 
 
 @pytest.mark.unit
+def test_slack_text_shows_what_a_sender_wrote_as_characters_not_mentions_or_links() -> None:
+    hostile = "<!channel> <https://evil.example|click here> &lt; R&D <@U123>"
+    notice = Notice(
+        notification="chat", event=DEAD, namespace="shop", application="yourapp",
+        integration="orders", integration_id="INT1", job_id="<!here>", error=hostile,
+        at=T0, count=1,
+    )  # fmt: skip
+    [slack_spec] = make_app(ops(name="chat", format="slack")).spec.notifications
+    text = json.loads(notice.render(slack_spec))["text"]
+    assert "<" not in text and ">" not in text
+    assert (
+        "error: &lt;!channel&gt; &lt;https://evil.example|click here&gt; &amp;lt; R&amp;D "
+        "&lt;@U123&gt;" in text
+    )
+    assert "job &lt;!here&gt;" in text
+    # Every `&` left is one of the escapes: Slack reads the text back as what was written.
+    assert text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").count(hostile) == 1
+
+
+@pytest.mark.unit
 def test_the_spec_refuses_unknown_events_duplicate_names_and_intervals_out_of_bounds() -> None:
     with pytest.raises(ValueError, match="events"):
         make_app(ops(events=["deadLetter", "onFire"]))
@@ -181,3 +201,62 @@ async def test_attempts_are_kept_newest_first_and_filterable(redis_client: Redis
     assert [a.integration_id for a in attempts] == ["I2", "I1", "I0"]
     failed = await read_attempts(redis_client, app.keys, result="failed")
     assert [a.integration_id for a in failed] == ["I1"]
+
+
+@pytest.mark.redis
+async def test_the_defaults_are_the_documented_ones_300_s_and_more_than_20(
+    redis_client: Redis,
+) -> None:
+    """docs/user-guide.md: `minIntervalSeconds` 300 and `rejectedBurstThreshold` 20 when unset."""
+    app = make_app({"name": "ops", "url": "https://hooks.example/T0/B0",
+                    "events": ["deadLetter", "rejectedBurst"]})  # fmt: skip
+    noted = [
+        await note_unauthorized(
+            redis_client,
+            app,
+            integration_id="INT1",
+            integration="orders",
+            error="Invalid webhook signature",
+            now=T0,
+        )  # fmt: skip
+        for _ in range(22)
+    ]
+    assert noted == [0] * 20 + [1, 0]  # the 21st answer is "more than 20"
+
+    await dead_letter(redis_client, app, "j1", T0)
+    due = await claim_due(redis_client, app, now=T0)
+    assert {m.notice.event for m in due} == {DEAD, NotificationEvent.REJECTED_BURST}
+    await dead_letter(redis_client, app, "j2", T0 + 1)
+    assert await claim_due(redis_client, app, now=T0 + 299) == []
+    [later] = await claim_due(redis_client, app, now=T0 + 300)
+    assert later.notice.job_id == "j2"
+
+
+@pytest.mark.redis
+async def test_an_error_is_cut_to_1000_characters_before_it_is_stored_or_sent(
+    redis_client: Redis,
+) -> None:
+    app = make_app(ops())
+    await note_event(
+        redis_client, app, DEAD, integration_id="INT1", integration="orders", job_id="j1",
+        error="é" + "x" * 100_000, now=T0,
+    )  # fmt: skip
+    [message] = await claim_due(redis_client, app, now=T0)
+    assert message.notice.error == "é" + "x" * 999
+
+
+@pytest.mark.redis
+async def test_about_the_last_1000_attempts_are_kept(redis_client: Redis) -> None:
+    """docs/user-guide.md: "the last 1,000 per application" (Redis trims the stream whole
+    nodes at a time, so up to a node's 100 entries more)."""
+    app = make_app(ops())
+    for n in range(2500):
+        attempt = NotificationAttempt(
+            ts=T0 + n, notification="ops", event="deadLetter", integration_id=f"I{n}",
+            result="sent",
+        )  # fmt: skip
+        await record_attempt(redis_client, app.keys, attempt)
+    assert 1000 <= await redis_client.xlen(app.keys.notify_log) <= 1100
+    attempts = await read_attempts(redis_client, app.keys, limit=1000)
+    assert len(attempts) == 1000
+    assert [a.integration_id for a in attempts[:2]] == ["I2499", "I2498"]

@@ -108,18 +108,22 @@ class Notice:
         }
 
     def slack_text(self) -> str:
+        """Slack's message text, every value escaped as Slack asks (`&`, `<`, `>`): an error
+        built from what a sender or a destination wrote (`<!channel>`, `<https://x|click>`)
+        reaches the channel as the characters it is, not as a mention or a link."""
         title = EVENT_TITLES.get(self.event, self.event.value)
         head = (
-            f"Retrieve {self.namespace}/{self.application}: {title} on integration "
-            f"{self.integration or self.integration_id} ({self.integration_id})"
+            f"Retrieve {_slack(self.namespace)}/{_slack(self.application)}: {title} on "
+            f"integration {_slack(self.integration or self.integration_id)} "
+            f"({_slack(self.integration_id)})"
         )
         if self.count > 1:
             head += f", {self.count} times since the last message"
         lines = [head]
         if self.job_id:
-            lines.append(f"job {self.job_id}")
+            lines.append(f"job {_slack(self.job_id)}")
         if self.error:
-            lines.append(f"error: {self.error}")
+            lines.append(f"error: {_slack(self.error)}")
         lines.append(f"at {iso_time(self.at)}")
         return "\n".join(lines)
 
@@ -127,6 +131,12 @@ class Notice:
         if spec.format == "slack":
             return to_json({"text": self.slack_text()})
         return to_json(self.json_body())
+
+
+def _slack(text: str) -> str:
+    """Text as Slack's message formatting reads it literally (its control characters are
+    exactly these three: https://api.slack.com/reference/surfaces/formatting#escaping)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def wanting(app: ApplicationConfig, event: NotificationEvent) -> list[NotificationSpec]:
