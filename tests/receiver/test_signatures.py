@@ -129,6 +129,59 @@ def test_stripe_tolerance_is_configurable() -> None:
     )
 
 
+def _generic_signed(secret: bytes, when: int) -> CIMultiDict[str]:
+    content = f"v0:{when}:".encode() + BODY
+    mac = hmac.new(secret, content, hashlib.sha256).hexdigest()
+    return headers(X_Signature="v0=" + mac, X_Timestamp=str(when))
+
+
+SWH_SECRET = "whsec_" + base64.b64encode(b"key-material-for-the-tolerance!!").decode()
+TIMESTAMPED = {
+    "stripe": (
+        {},
+        lambda when: headers(Stripe_Signature=stripe_signature([b"whsec_stripe"], BODY, when)),
+        b"whsec_stripe",
+    ),
+    "standard-webhooks": (
+        {},
+        lambda when: headers(
+            webhook_id="msg_1",
+            webhook_timestamp=str(when),
+            webhook_signature=standard_webhooks_signature(SWH_SECRET, "msg_1", when, BODY),
+        ),
+        SWH_SECRET.encode(),
+    ),
+    "generic": (
+        {
+            "header": "X-Signature",
+            "encoding": "hex",
+            "prefix": "v0=",
+            "signedContent": "v0:{timestamp}:{body}",
+            "timestampHeader": "X-Timestamp",
+        },
+        lambda when: _generic_signed(b"generic-secret", when),
+        b"generic-secret",
+    ),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(TIMESTAMPED))
+@pytest.mark.parametrize("tolerance", [None, 30])
+def test_timestamped_schemes_refuse_signatures_dated_too_far_either_way(
+    preset: str, tolerance: int | None
+) -> None:
+    """SECURITY.md: timestamped schemes "refuse signatures older or newer than
+    `toleranceSeconds` (default 300)" — a signature dated in the future would otherwise stay
+    replayable until that date."""
+    fields, signed, secret = TIMESTAMPED[preset]
+    s = scheme(preset, secret, **fields, **({"toleranceSeconds": tolerance} if tolerance else {}))
+    limit = tolerance or 300
+    for offset in (-limit, 0, limit):
+        assert verify(s, signed(NOW + offset), BODY, NOW), offset
+    for offset in (-limit - 1, limit + 1, 10 * limit, 10**9):
+        assert not verify(s, signed(NOW + offset), BODY, NOW), offset
+
+
 def test_standard_webhooks_accepts_a_space_separated_list_and_rotation() -> None:
     old = "whsec_" + base64.b64encode(b"old-key-material-32-bytes-long!!").decode()
     new = "whsec_" + base64.b64encode(b"new-key-material-32-bytes-long!!").decode()
