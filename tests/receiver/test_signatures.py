@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -136,7 +137,7 @@ def _generic_signed(secret: bytes, when: int) -> CIMultiDict[str]:
 
 
 SWH_SECRET = "whsec_" + base64.b64encode(b"key-material-for-the-tolerance!!").decode()
-TIMESTAMPED = {
+TIMESTAMPED: dict[str, tuple[dict[str, Any], Callable[[int], CIMultiDict[str]], bytes]] = {
     "stripe": (
         {},
         lambda when: headers(Stripe_Signature=stripe_signature([b"whsec_stripe"], BODY, when)),
