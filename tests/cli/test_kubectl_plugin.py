@@ -8,11 +8,13 @@ import json
 import subprocess
 import sys
 import time
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from multidict import CIMultiDict
 
 from retrieve_cli.kubectl_plugin import Resolved, build_signed_request, main
@@ -23,6 +25,7 @@ from retrieve_core.models import IntegrationSpec, VerifySpec
 from retrieve_core.notifications import NotificationAttempt
 from retrieve_receiver.signatures import compile_scheme, sign, verify
 from tests.e2e.conftest import DevServer, config_dir, dev_server, dns_server
+from tests.support.ports import free_port
 
 __all__ = ["config_dir", "dev_server", "dns_server"]  # fixtures used by the e2e test below
 
@@ -337,3 +340,46 @@ def test_usage_mistakes_exit_2_with_one_line(
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("kubectl retrieve: ")
     assert message in line
+
+
+HOSTILE_ANSWER = "accepted \x1b]0;pwned\x07\x1b[2J\r\nFORGED\x08\x9b31m\u202e\x85 done"
+HOSTILE_SHOWN = "accepted \\x1b]0;pwned\\x07\\x1b[2J\\r\\nFORGED\\x08\\x9b31m\\u202e\\x85 done"
+UNSAFE_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("status", [200, 502])
+async def test_send_shows_the_receivers_answer_escaped_on_one_line(
+    tmp_path: Path, status: int
+) -> None:
+    """SECURITY.md: `kubectl retrieve send` prints through `retrieve_cli.terminal`: "every
+    control character (C0, DEL, C1), bidi or zero-width format character and line separator is
+    shown as a visible escape". The receiver it sends to (any `--url`) chooses its answer."""
+
+    async def receiver(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=status, text=HOSTILE_ANSWER)
+
+    app = web.Application()
+    app.router.add_post("/integration/{id}", receiver)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    data = tmp_path / "order.json"
+    data.write_text('{"id": 1}')
+    examples = str(Path(__file__).parents[2] / "examples")
+    try:
+        sent = await aplugin("send", "shopify-orders", "--config-dir", examples,
+                             "--data", str(data), "--url", f"http://127.0.0.1:{port}")  # fmt: skip
+    finally:
+        await runner.cleanup()
+
+    assert sent.returncode == (0 if status == 200 else 1), sent.stderr
+    output = sent.stdout + sent.stderr
+    acting = [c for c in output if c != "\n" and unicodedata.category(c) in UNSAFE_CATEGORIES]
+    assert acting == [], f"control characters reached the terminal: {acting!r}\n{output}"
+    assert sent.stdout == (
+        f"POST http://127.0.0.1:{port}/integration/507f1f77bcf86cd799439011 -> {status} "
+        f"{HOSTILE_SHOWN}\n"
+    )

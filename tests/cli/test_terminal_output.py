@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
@@ -33,7 +34,9 @@ from retrieve_cli.terminal import cell, json_line, safe_text
 from retrieve_core.keys import AppKeys
 from retrieve_core.logstore import LogStatus, LogStore
 from tests.e2e.conftest import EXTRA, DevServer, dev_server, dns_server
+from tests.support.ports import free_port
 from tests.support.processes import retrieve_command, write_config
+from tests.support.redis_server import RedisServer
 
 __all__ = ["dev_server", "dns_server"]  # fixtures used below
 
@@ -199,3 +202,61 @@ def test_safe_text_leaves_nothing_a_terminal_acts_on_and_keeps_printable_text(te
 )
 def test_safe_text_escapes_visibly(raw: str, shown: str) -> None:
     assert safe_text(raw) == shown
+
+
+HOSTILE_LINK_TAIL = "\x1b]0;pwned\x07\x1b[2J\x08\x9b31m\u202e\x85forged"
+"""Controls a source can put in the path of a next-page link (a URL keeps all but CR, LF, tab)."""
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+async def test_retrieve_poll_shows_a_hostile_next_page_link_escaped_on_a_terminal(
+    tmp_path: Path, private_redis_server: RedisServer
+) -> None:
+    """SECURITY.md: every command that prints stored data, `retrieve poll` among them, "goes
+    through `retrieve_cli.terminal`": a control character is "shown as a visible escape".
+
+    The source links its next page elsewhere, to a URL full of terminal controls: the run
+    fails naming that URL, and `retrieve poll` prints the failure in a real pty with the
+    controls escaped.
+    """
+    source_port = free_port()
+    hostile_link = f"http://127.0.0.2:{free_port()}/next{HOSTILE_LINK_TAIL}"
+
+    async def orders(request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": 1}], "links": {"next": hostile_link}})
+
+    app = web.Application()
+    app.router.add_get("/orders", orders)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", source_port).start()
+    scheduled = {
+        "apiVersion": "retrievetl.com/v1alpha1",
+        "kind": "Integration",
+        "metadata": {"name": "restock", "namespace": "shop"},
+        "spec": {
+            "application": "yourapp",
+            "integrationId": "RESTOCK1",
+            "schedule": {
+                "cron": "0 0 31 2 *",  # never by itself: polled by hand below
+                "source": {"http": {
+                    "url": f"http://127.0.0.1:{source_port}/orders", "items": "data",
+                    "idField": "id", "pagination": {"nextLink": "links.next"},
+                }},
+            },
+        },
+    }  # fmt: skip
+    config = write_config(tmp_path / "config", "http://127.0.0.1:9", [scheduled])
+    args = ["poll", "restock", "--config-dir", str(config),
+            "--redis-url", private_redis_server.url]  # fmt: skip
+    try:
+        code, output = await asyncio.to_thread(run_in_pty, [*retrieve_command(), *args])
+    finally:
+        await runner.cleanup()
+
+    assert code == 1, output
+    acting = [c for c in output if c != "\n" and unicodedata.category(c) in UNSAFE_CATEGORIES]
+    assert acting == [], f"control characters reached the terminal: {acting!r}\n{output}"
+    assert "retrieve poll restock: failed: the next page http://127.0.0.2:" in output
+    assert "/next\\x1b]0;pwned\\x07\\x1b[2J\\x08\\x9b31m\\u202e\\x85forged is not on" in output

@@ -299,12 +299,14 @@ async def test_dev_mode_runs_a_scheduled_poll_once_in_a_matching_minute_only(
 
 
 class HostileSource:
-    """A source that redirects, links to another server, or answers without end; `elsewhere`
-    is the other server (on another loopback address), recording what reaches it."""
+    """A source that redirects, links to another server, answers without end, or sets a
+    cookie; `elsewhere` is the other server (on another loopback address), recording what
+    reaches it."""
 
     def __init__(self) -> None:
         self.port, self.elsewhere_port = free_port(), free_port()
         self.elsewhere_headers: list[dict[str, str]] = []
+        self.cookies_sent_back: list[str | None] = []
         self.huge_sent = 0
         self._runners: list[web.AppRunner] = []
 
@@ -333,6 +335,15 @@ class HostileSource:
                 self.huge_sent += len(block)
         return response
 
+    async def _cookie(self, request: web.Request) -> web.Response:
+        """Every answer sets a session cookie; the first page links to a second one."""
+        self.cookies_sent_back.append(request.headers.get("Cookie"))
+        last = "page" in request.query
+        body = {"data": [{"id": 2 if last else 1}], "links": {"next": None if last else "?page=2"}}
+        response = web.json_response(body)
+        response.headers["Set-Cookie"] = "session=tracked; Path=/; Max-Age=3600"
+        return response
+
     async def _capture(self, request: web.Request) -> web.Response:
         self.elsewhere_headers.append(dict(request.headers))
         return web.json_response({"data": [{"id": 2}]})
@@ -342,6 +353,7 @@ class HostileSource:
         source.router.add_get("/redirect", self._redirect)
         source.router.add_get("/cross", self._cross)
         source.router.add_get("/huge", self._huge)
+        source.router.add_get("/cookie", self._cookie)
         other = web.Application()
         other.router.add_get("/capture", self._capture)
         for app, host, port in ((source, "127.0.0.1", self.port),
@@ -401,3 +413,22 @@ async def test_a_source_answer_is_read_up_to_a_bound(
         f"GET {hostile.url}/huge: the answer is larger than {16 * 1024 * 1024} bytes"
     )
     assert hostile.huge_sent < 256 * (1 << 20)  # the poller stopped reading
+
+
+@pytest.mark.redis
+async def test_a_cookie_the_source_sets_is_never_sent_back(
+    redis_client: Redis, hostile: HostileSource
+) -> None:
+    """SECURITY.md: `retrieve poll` fetches a source "and no cookie is kept".
+
+    The source is named `localhost`, not by its address: a cookie jar that kept cookies would
+    keep this one (aiohttp's default jar ignores those of IP addresses), and send it with the
+    next page of the run and with the next run.
+    """
+    app = _app(_schedule(f"http://localhost:{hostile.port}/cookie",
+                         pagination={"nextLink": "links.next"}))  # fmt: skip
+    poller = Poller(redis_client, app, app.integrations[0])
+    for _ in range(2):
+        result = await poller.run(SecretStore())
+        assert (result.error, result.pages, result.seen) == ("", 2, 2)
+    assert hostile.cookies_sent_back == [None] * 4

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -287,3 +288,56 @@ async def test_console_refuses_requests_without_the_token(console_server: DevSer
         headers={"Authorization": f"Bearer {TOKEN}"},
     )
     assert await asyncio.to_thread(status_of, no_csrf_header) == 403
+
+
+HOSTILE = (
+    "<img src=x id=injected onerror=\"document.title='pwned'\">"
+    "<script>document.title='pwned'</script>&amp;"
+)
+
+
+def hostile_rows_and_event(driver: Any, console: str) -> tuple[list[str], str, dict[str, Any]]:
+    driver.get(f"{console}?token={TOKEN}")
+    poll(lambda: "shopify-orders" in text_of(driver, "#applications"), "the integrations table")
+    choose(driver, "log-integration", "shop/yourapp: all integrations")
+    choose(driver, "log-status", "any")
+    rows = poll(
+        lambda: [t for _, t in log_rows(driver) if "<img" in t] or None, "the hostile id's row"
+    )
+
+    def open_event() -> str | None:  # the rows re-render every few seconds: click, then look
+        driver.execute_script(
+            "for (const row of document.querySelectorAll('#log-rows tr'))"
+            " if (row.textContent.includes(arguments[0])) { row.click(); break; }",
+            SHOPIFY_ID,
+        )
+        return text_of(driver, "#event-payload") or None
+
+    payload = poll(open_event, "the hostile payload")
+    dom = driver.execute_script(
+        "return {title: document.title,"
+        " injected: document.querySelectorAll('#injected, #injected2, #log-rows img,"
+        " #event-detail img, #log-rows script, #event-detail script').length}"
+    )
+    return rows, payload, dom
+
+
+async def test_what_senders_wrote_shows_as_text_in_chromium_never_as_markup(
+    console_server: DevServer, browser: Any
+) -> None:
+    """docs/user-guide.md: the console shows payloads and sender-chosen ids as text: markup in
+    them creates no element and runs nothing (every value goes in through `textContent`, and the
+    CSP would block inline script besides)."""
+    base = console_server.url
+    body = json.dumps({"note": HOSTILE}).encode()
+    accepted, _ = await post(f"{base}/integration/{SHOPIFY_ID}", body)
+    assert accepted == 200
+    unknown = urllib.parse.quote("<img src=x id=injected2>", safe="")
+    missing, _ = await post(f"{base}/integration/{unknown}", b"{}")
+    assert missing == 404
+
+    console = f"http://127.0.0.1:{console_server.admin_port}/console/"
+    rows, payload, dom = await asyncio.to_thread(hostile_rows_and_event, browser, console)
+    assert any("<img src=x id=injected2>" in row for row in rows), rows  # the id, as text
+    assert json.loads(payload) == {"note": HOSTILE}  # the payload, as text
+    assert dom == {"title": "Retrieve console", "injected": 0}

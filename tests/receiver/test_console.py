@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
+import re
 import time
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -83,6 +86,64 @@ async def test_a_token_in_the_query_becomes_a_strict_http_only_cookie(
     assert "Retrieve console" in await page.text()
     assert page.headers["X-Frame-Options"] == "DENY"
     assert (await client.get("/console/static/console.js")).status == 200
+
+
+CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/console/", "/console/static/console.js", "/console/api/overview", "/console/api/logs"],
+)
+async def test_console_answers_carry_a_strict_csp_and_are_never_cached(
+    aiohttp_client: AiohttpClient, redis_server: RedisServer, path: str
+) -> None:
+    """docs/user-guide.md: "pages are sent with a strict Content-Security-Policy (`default-src
+    'self'`, no inline script), `X-Frame-Options: DENY` and `Cache-Control: no-store`": payloads
+    (customer data) must not stay in a browser's or a proxy's cache."""
+    client = await console_client(aiohttp_client, redis_server.url, ConsoleSettings(TOKEN))
+    answer = await client.get(path, headers=BEARER)
+    assert answer.status == 200, await answer.text()
+    assert answer.headers["Content-Security-Policy"] == CSP
+    assert "unsafe-inline" not in answer.headers["Content-Security-Policy"]
+    assert answer.headers["Cache-Control"] == "no-store"
+    assert answer.headers["X-Frame-Options"] == "DENY"
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_the_console_page_has_no_inline_script_the_csp_would_block(
+    aiohttp_client: AiohttpClient, redis_server: RedisServer
+) -> None:
+    client = await console_client(aiohttp_client, redis_server.url, ConsoleSettings(TOKEN))
+    page = await (await client.get("/console/", headers=BEARER)).text()
+    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", page, re.S | re.I)
+    assert scripts
+    assert all("src=" in attributes and not body.strip() for attributes, body in scripts)
+    assert not re.search(r"\son[a-z]+\s*=", page, re.I)  # no inline event handlers either
+
+
+async def test_the_console_token_is_compared_in_constant_time(
+    aiohttp_client: AiohttpClient, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/user-guide.md: "the comparison is constant-time" (bearer, cookie and `?token=`)."""
+    compared: list[tuple[bytes, bytes]] = []
+    compare = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        compared.append((a, b))
+        return compare(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # what `console` calls
+    client = await console_client(aiohttp_client, redis_server.url, ConsoleSettings(TOKEN))
+    assert (await client.get("/console/api/overview", headers=BEARER)).status == 200
+    wrong = {"Authorization": f"Bearer {TOKEN[:-1]}x"}
+    assert (await client.get("/console/api/overview", headers=wrong)).status == 401
+    assert (await client.get("/console/?token=nope", allow_redirects=False)).status == 401
+    assert compared == [
+        (TOKEN.encode(), TOKEN.encode()),
+        (f"{TOKEN[:-1]}x".encode(), TOKEN.encode()),
+        (b"nope", TOKEN.encode()),
+    ]
 
 
 async def test_post_needs_the_anti_csrf_header(

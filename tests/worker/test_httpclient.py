@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from retrieve_worker.destinations import create_client
 from retrieve_worker.httpclient import DestinationClient, HttpError
 from tests.support.ports import free_port
 
@@ -341,3 +343,52 @@ async def test_https_is_verified_against_the_trusted_certificates(
     finally:
         await trusting.close()
         await default.close()
+
+
+async def test_of_an_endless_destination_answer_64_kib_are_kept_and_about_1_mib_is_read(
+    serve: Serve,
+) -> None:
+    """SECURITY.md: "of an answer, the first 64 KiB are kept and at most 1 MiB is read".
+
+    The client as every worker makes it (`destinations.create_client`, its default limits)
+    against a destination offering a 32 MiB answer: the worker keeps 64 KiB of it and hangs
+    up after reading about 1 MiB; the destination gets to write only that and what the socket
+    buffers take (its own send buffer is kept small, so the bound below is tight).
+    """
+    offered, chunk = 32 * 1024 * 1024, 16 * 1024
+    written = 0
+    done = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        nonlocal written
+        await request.read()
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        response = web.StreamResponse(status=200)
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            while written < offered:
+                await response.write(b"x" * chunk)
+                written += chunk
+        except (ConnectionError, RuntimeError):
+            pass  # the worker hung up, as it should
+        finally:
+            done.set()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/", endless)
+    base = await serve(app)
+    client = create_client()
+    try:
+        answer = await client.request("POST", base + "/", {}, b"{}", 30)
+    finally:
+        await client.close()
+    async with asyncio.timeout(30):
+        await done.wait()
+    assert (answer.status, len(answer.body)) == (200, 64 * 1024)
+    assert answer.body == b"x" * (64 * 1024)
+    # About 1 MiB read, plus what the kernel's socket buffers took: far from the 32 MiB offered.
+    assert 1024 * 1024 <= written < 3 * 1024 * 1024, f"{written} bytes written"
