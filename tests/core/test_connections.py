@@ -76,3 +76,16 @@ async def test_an_answered_connection_that_stays_silent_has_no_head_deadline() -
     await asyncio.sleep(0.25)
     assert not transport.closed
     assert guard.timed_out == 0
+
+
+@pytest.mark.unit
+def test_a_cap_of_0_admits_every_connection_and_a_cap_refuses_past_it() -> None:
+    """SECURITY.md: `RETRIEVE_MAX_CONNECTIONS` / `RETRIEVE_ADMIN_MAX_CONNECTIONS`: "0 disables
+    the cap"."""
+    server = cast("web.Server", object())
+    for cap, admitted in ((0, True), (5000, False)):
+        guard = ConnectionGuard(max_connections=cap, header_timeout=10)
+        guard.open.update({n: cast("TrackedConnection", object()) for n in range(5000)})
+        protocol = guard.factory(server)()
+        assert isinstance(protocol, TrackedConnection) is admitted, cap
+        assert guard.refused == (0 if admitted else 1)

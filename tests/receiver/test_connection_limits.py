@@ -158,6 +158,8 @@ async def test_connections_past_the_cap_get_a_503_until_others_close(
     over_writer.close()
     assert over.status == 503
     assert over.json_body == {"result": False, "error": "Too many connections, retry later"}
+    assert over.headers["retry-after"] == "1"
+    assert over.headers["connection"].lower() == "close"
 
     for _, writer in held:
         writer.close()
@@ -267,6 +269,8 @@ async def test_admin_connections_past_their_cap_get_a_503_and_the_public_port_is
     over_writer.close()
     assert over.status == 503
     assert over.json_body == {"result": False, "error": "Too many connections, retry later"}
+    assert over.headers["retry-after"] == "1"
+    assert over.headers["connection"].lower() == "close"
     # The public port counts its connections apart.
     webhook, webhook_writer = await keep_alive_request(public)
     webhook_writer.close()

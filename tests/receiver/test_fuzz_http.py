@@ -300,6 +300,23 @@ CASES: dict[str, tuple[list[bytes | float], set[int | None], bool]] = {
         {400, 431},
         False,
     ),
+    # SECURITY.md: "aiohttp's own HTTP parser bounds the request line and each header (8 KiB)".
+    "request line just under 8 KiB": (
+        [request(f"{URL}?pad={'p' * (8000 - len(URL))}")],
+        {200},
+        True,
+    ),
+    "request line past 8 KiB": ([request(f"{URL}?pad={'p' * 9000}")], {400}, False),
+    "header line just under 8 KiB": (
+        [request(URL, headers=(("X-Big", "v" * 8000), ("Content-Type", "application/json")))],
+        {200},
+        True,
+    ),
+    "header line past 8 KiB": (
+        [request(URL, headers=(("X-Big", "v" * 8200), ("Content-Type", "application/json")))],
+        {400},
+        False,
+    ),
     "very many headers (5000)": (
         [request(URL, headers=[(f"X-H{i}", "v") for i in range(5000)])],
         {200, 400, 431},

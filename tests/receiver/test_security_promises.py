@@ -5,13 +5,16 @@ Each test names the promise it keeps and fails when the defence is taken away.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 import time
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
+from retrieve_core.config import SecretStore
 from retrieve_core.models import RewriteSpec, VerifySpec
 from retrieve_core.sandbox import Sandbox, code_key
 from retrieve_receiver import signatures
@@ -45,6 +48,40 @@ async def test_signature_headers_authorization_and_cookies_never_reach_a_job(
     [job] = await jobs(redis_client, app.keys)
     assert job.headers.get("x-github-event") == "push"  # selected headers are copied
     assert not {name.lower() for name in sensitive} & set(job.headers)
+
+
+@pytest.mark.redis
+async def test_a_generic_schemes_own_signature_header_never_reaches_a_job(
+    receiver_client: ClientFactory, redis_client: Redis
+) -> None:
+    """SECURITY.md: a generic scheme's signature header (a name the user chose, not one of the
+    known ones) is not copied into jobs either, even when the integration dedupes on it."""
+    verify = {
+        "preset": "generic", "secretRefs": [{"name": "s", "key": "k"}], "header": "X-Acme-Mac",
+        "algorithm": "hmac-sha256", "encoding": "hex",
+    }  # fmt: skip
+    app = make_app(
+        integrations=[make_integration("G1", verify=verify, dedupe={"header": "X-Acme-Mac"})]
+    )
+    secrets = SecretStore()
+    secrets.put_secret(app.namespace, "s", {"k": b"acme-secret"})
+    client = await receiver_client(make_provider(app, secrets=secrets))
+    body = b'{"order": 1}'
+    mac = hmac.new(b"acme-secret", body, hashlib.sha256).hexdigest()
+    response = await client.post(
+        "/integration/G1", data=body,
+        headers={"X-Acme-Mac": mac, "Content-Type": "application/json", "X-Request-Id": "r1"},
+    )  # fmt: skip
+    assert response.status == 200, await response.text()
+    [job] = await jobs(redis_client, app.keys)
+    assert "x-acme-mac" not in job.headers
+    assert mac not in json.dumps(job.headers)
+    again = await client.post(
+        "/integration/G1", data=body,
+        headers={"X-Acme-Mac": mac, "Content-Type": "application/json"},
+    )  # fmt: skip
+    assert again.status == 200
+    assert len(await jobs(redis_client, app.keys)) == 1  # deduped on the header all the same
 
 
 @pytest.mark.redis
