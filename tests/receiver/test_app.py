@@ -619,6 +619,30 @@ async def test_an_admitted_sender_is_refused_as_soon_as_the_whitelist_drops_it(
     assert {job.source_ip for job in await jobs(redis_client, app.keys)} == {"203.0.113.7"}
 
 
+@pytest.mark.parametrize("payload_bytes", [0, 100])
+async def test_payload_bytes_bounds_what_accepted_and_refused_requests_leave_in_the_logs(
+    receiver_client: ClientFactory, redis_client: Redis, payload_bytes: int
+) -> None:
+    """SECURITY.md: a refused request stores "at most `RETRIEVE_REJECTED_PAYLOAD_BYTES` (default
+    1024, never more than `webhookLogs.payloadBytes`)"; "lower `spec.webhookLogs.payloadBytes`
+    (0 stores none in the logs; jobs still carry their payload until processed)"."""
+    app = make_app(
+        integrations=[make_integration("ABC123")], webhookLogs={"payloadBytes": payload_bytes}
+    )
+    client = await receiver_client(make_provider(app))
+    body = {"long": "x" * 5000}
+    accepted = await client.post("/integration/ABC123", json=body)
+    refused = await client.post("/integration/ABC123", data=b"{not json" + b"x" * 5000)
+    assert (accepted.status, refused.status) == (200, 400)
+    records = await LogStore(redis_client, app.keys).query()
+    assert sorted(r.http_status for r in records) == [200, 400]
+    for record in records:
+        assert len(record.payload.encode()) == payload_bytes, record.http_status
+        assert record.payload_truncated is True
+    [job] = await jobs(redis_client, app.keys)
+    assert job.payload == body
+
+
 async def test_log_payload_is_truncated_to_the_configured_size(
     receiver_client: ClientFactory, redis_client: Redis
 ) -> None:
