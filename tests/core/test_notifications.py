@@ -257,3 +257,16 @@ async def test_about_the_last_1000_attempts_are_kept(redis_client: Redis) -> Non
     attempts = await read_attempts(redis_client, app.keys, limit=1000)
     assert len(attempts) == 1000
     assert [a.integration_id for a in attempts[:2]] == ["I2499", "I2498"]
+
+
+@pytest.mark.redis
+async def test_an_error_with_a_lone_surrogate_is_noted_escaped(redis_client: Redis) -> None:
+    """A rewrite's error can hold half of a surrogate pair (a string cut inside an emoji):
+    UTF-8 cannot carry it, and Redis would refuse the event; it is noted as its escape."""
+    app = make_app(ops())
+    await note_event(
+        redis_client, app, DEAD, integration_id="INT1", integration="orders", job_id="j1",
+        error="bad \ud83d", now=T0,
+    )  # fmt: skip
+    [message] = await claim_due(redis_client, app, now=T0)
+    assert message.notice.error == "bad \\ud83d"

@@ -324,6 +324,11 @@ class HostileSource:
     async def _cross(self, request: web.Request) -> web.Response:
         return web.json_response({"data": [{"id": 1}], "links": {"next": self.elsewhere}})
 
+    async def _long_link(self, request: web.Request) -> web.Response:
+        """A next-page link elsewhere, 3 MB long and full of terminal controls."""
+        link = "https://evil.example/\r\x1b[31mFAKE LINE\x1b]0;pwned\x07" + "A" * 3_000_000
+        return web.json_response({"data": [{"id": 1}], "links": {"next": link}})
+
     async def _huge(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
@@ -354,6 +359,7 @@ class HostileSource:
         source.router.add_get("/cross", self._cross)
         source.router.add_get("/huge", self._huge)
         source.router.add_get("/cookie", self._cookie)
+        source.router.add_get("/long-link", self._long_link)
         other = web.Application()
         other.router.add_get("/capture", self._capture)
         for app, host, port in ((source, "127.0.0.1", self.port),
@@ -432,3 +438,24 @@ async def test_a_cookie_the_source_sets_is_never_sent_back(
         result = await poller.run(SecretStore())
         assert (result.error, result.pages, result.seen) == ("", 2, 2)
     assert hostile.cookies_sent_back == [None] * 4
+
+
+@pytest.mark.redis
+async def test_a_failed_runs_error_is_one_bounded_line_wherever_it_is_kept(
+    redis_client: Redis, hostile: HostileSource
+) -> None:
+    """The source chose part of a failed run's error (here a 3 MB next-page link full of
+    terminal controls): its state in Redis and what the operator writes of it into the
+    Integration's status (`lastPollError`; the PollFailing condition and the pollFailed
+    notification cut it again) keep one line of at most 1,000 characters, controls shown as
+    escapes. Before, all 3 MB went into the status patch."""
+    app = _app(_schedule(f"{hostile.url}/long-link", pagination={"nextLink": "links.next"}))
+    integration = app.integrations[0]
+    result = await Poller(redis_client, app, integration).run(SecretStore())
+
+    assert "not on the source's origin" in result.error
+    state = await Poller(redis_client, app, integration).state()
+    for kept in (result.error, state.error, state.status_fields()["lastPollError"]):
+        assert 0 < len(kept) <= 1000
+        assert kept.isprintable(), kept[:200]
+        assert "\\x1b[31mFAKE LINE" in kept

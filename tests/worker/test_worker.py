@@ -389,3 +389,85 @@ async def test_webhook_logs_are_trimmed_to_the_application_bounds(
     await h.start_worker(log_trim_interval_seconds=0.1)
 
     await h.eventually(lambda: _is(h.redis.zcard(h.keys.log_index), 10))
+
+
+CUT_IN_AN_EMOJI = "jobData.job.data.data.text.substring(0, 1)"  # half of a surrogate pair
+CUT_MESSAGE = f"return {{jobStatus: 0, message: 'ignored: ' + {CUT_IN_AN_EMOJI}}};"
+
+
+async def test_text_a_rewrite_cut_inside_an_emoji_settles_its_job_and_no_other_is_held_up(
+    harness_factory: HarnessFactory, sink: Sink
+) -> None:
+    """A lone surrogate cannot be UTF-8: before, it failed the outcome call it travelled in,
+    with every job of that call, which stayed pending and went out again."""
+    h = harness_factory(
+        {
+            "cut": {
+                "rewrite": {"javascript": CUT_MESSAGE},
+                "destinations": [{"name": "d", "http": http(sink, "/cut")}],
+                "retry": NO_WAIT,
+            },
+            "thrown": {
+                "rewrite": {"javascript": f"throw new Error('bad ' + {CUT_IN_AN_EMOJI});"},
+                "destinations": [{"name": "d", "http": http(sink, "/thrown")}],
+                "retry": {"maxAttempts": 1, "backoffSeconds": 0},
+            },
+            "fine": {"destinations": [{"name": "d", "http": http(sink, "/fine")}]},
+        }
+    )  # fmt: skip
+    jobs = [
+        await h.enqueue(integration, {"text": "\U0001f600 hello", "n": n})
+        for n in range(3)
+        for integration in ("cut", "thrown", "fine")
+    ]
+    await h.start_worker()
+    for job in jobs:
+        await h.wait_status(job.id, LogStatus.FAILED, LogStatus.DEAD_LETTER, LogStatus.SUCCEEDED)
+
+    async def nothing_pending() -> bool:
+        return await pending(h) == 0
+
+    await h.eventually(nothing_pending)
+
+    cut = await h.logs.get(jobs[0].id)
+    assert cut is not None
+    assert (cut.status, cut.message) == (LogStatus.FAILED, "ignored: \\ud83d")
+    thrown = await h.logs.get(jobs[1].id)
+    assert thrown is not None
+    assert thrown.status == LogStatus.DEAD_LETTER
+    assert "bad \\ud83d" in thrown.error
+    assert len(sink.requests_to("/fine")) == 3  # each once: nothing went out again
+    assert sink.requests_to("/cut") == sink.requests_to("/thrown") == []
+
+
+async def test_a_result_text_is_bounded_whatever_a_rewrite_or_a_payload_holds(
+    harness_factory: HarnessFactory, sink: Sink
+) -> None:
+    """A job's log record keeps at most 2,000 characters of a rewrite's message and of an
+    error: a mapping error quotes the value it failed on, which the sender chose."""
+    h = harness_factory(
+        {
+            "chatty": {
+                "rewrite": {"javascript": "return {jobStatus: 0, message: 'm'.repeat(100000)};"},
+                "destinations": [{"name": "d", "http": http(sink, "/chatty")}],
+                "retry": NO_WAIT,
+            },
+            "mapped": {
+                "fieldMapping": {"amount": "abs(total)"},
+                "destinations": [{"name": "d", "http": http(sink, "/mapped")}],
+                "retry": {"maxAttempts": 1, "backoffSeconds": 0},
+            },
+        }
+    )
+    await h.start_worker()
+    chatty = await h.enqueue("chatty", {"id": 1})
+    mapped = await h.enqueue("mapped", {"total": "\x1b[31m" + "A" * 1_000_000})
+
+    record = await h.wait_status(chatty.id, LogStatus.FAILED)
+    assert record.message == "m" * 2000
+    assert record.error == "m" * 2000
+    failed = await h.wait_status(mapped.id, LogStatus.DEAD_LETTER, LogStatus.FAILED)
+    assert 0 < len(failed.error) <= 2000
+    for job in (chatty, mapped):  # as stored: the harness keeps the whole payload besides
+        for field in ("message", "error"):
+            assert await h.redis.hstrlen(h.keys.log_record(job.id), field) <= 2000

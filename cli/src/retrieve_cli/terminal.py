@@ -4,9 +4,10 @@ Log records hold what senders chose (an integration id in a URL, a payload, a re
 a destination's answer). Printed as they are, control characters clear the screen, set window
 titles, write hyperlinks or forge table rows, and rich would read `[...]` as markup. Here:
 
-- `safe_text` shows every control character (C0, DEL, C1), format character (bidi overrides,
-  zero-width), surrogate, and line or paragraph separator as a visible escape (`\\n`, `\\x1b`,
-  `\\u202e`), so one value is one line and nothing in it reaches the terminal as a command;
+- `safe_text` (`retrieve_core.text`, shared with the statuses and logs that need it) shows
+  every control character (C0, DEL, C1), format character (bidi overrides, zero-width),
+  surrogate, and line or paragraph separator as a visible escape (`\\n`, `\\x1b`, `\\u202e`),
+  so one value is one line and nothing in it reaches the terminal as a command;
 - `cell` wraps it in a rich `Text`, which rich never parses for markup or emoji codes;
 - `json_line` writes JSON with every non-ASCII character and DEL escaped.
 """
@@ -14,36 +15,13 @@ titles, write hyperlinks or forge table rows, and rich would read `[...]` as mar
 from __future__ import annotations
 
 import json
-import unicodedata
 from typing import Any
 
 from rich.text import Text
 
-# Unicode categories shown escaped: controls, format characters, surrogates, and the
-# separators a terminal (or a reader) takes for a new line.
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+from retrieve_core.text import safe_text
 
-
-def _escape(char: str) -> str:
-    named = _NAMED.get(char)
-    if named is not None:
-        return named
-    code = ord(char)
-    if code <= 0xFF:
-        return f"\\x{code:02x}"
-    if code <= 0xFFFF:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
-
-def safe_text(text: str) -> str:
-    """`text` with every character that could act on a terminal shown as an escape."""
-    if text.isprintable():  # the common case: nothing to look at twice
-        return text
-    return "".join(
-        _escape(char) if unicodedata.category(char) in _UNSAFE_CATEGORIES else char for char in text
-    )
+__all__ = ["cell", "json_line", "safe_text"]
 
 
 def cell(text: str, style: str = "") -> Text:

@@ -14,13 +14,14 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from pydantic import BaseModel, Field
 from pydantic_core import PydanticSerializationError, to_json
 
 from .keys import AppKeys
 from .redisclient import RedisClient, RedisPipeline
+from .text import utf8_text
 
 TRIM_CHUNK = 500
 """Records dropped per round trip by `LogStore.trim`."""
@@ -181,12 +182,24 @@ async def add_bounded_record(
     )
 
 
+MAX_RESULT_TEXT_CHARS: Final = 2000
+"""A processing result's text fields (`message`, `error`) keep at most this many characters:
+their text comes from what a rewrite returned or a payload held (a mapping error quotes the
+value it failed on), and the record must stay near its `payloadBytes`."""
+
+
 def encode_update(fields: Mapping[str, Any]) -> list[str]:
     """A record's processing result as hash fields (JSON unless a string), flattened, with
-    `updated_at`: the worker's outcome script writes them if the record still exists."""
+    `updated_at`: the worker's outcome script writes them if the record still exists.
+
+    Text fields are cut to `MAX_RESULT_TEXT_CHARS` and made valid UTF-8: a lone surrogate (a
+    rewrite that cut a string inside an emoji) is written as its `\\udXXX` escape instead of
+    failing the outcome call it travels in, with every other job of that call.
+    """
     flat: list[str] = []
     for name, value in fields.items():
-        flat += (name, value if isinstance(value, str) else _json_text(value))
+        flat += (name, utf8_text(value[:MAX_RESULT_TEXT_CHARS]) if isinstance(value, str)
+                 else _json_text(value))  # fmt: skip
     flat += ("updated_at", repr(time.time()))
     return flat
 

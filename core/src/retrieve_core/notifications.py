@@ -26,6 +26,7 @@ from .config import ApplicationConfig
 from .keys import COUNTER_TTL_SECONDS, COUNTER_UNAUTHORIZED, AppKeys, counter_bucket
 from .models import NotificationEvent, NotificationSpec
 from .redisclient import RedisClient
+from .text import utf8_text
 
 ERROR_CHARS: Final = 1000
 ATTEMPTS_KEPT: Final = 1000
@@ -168,7 +169,7 @@ async def note_event(
     at = time.time() if now is None else now
     keys = app.keys
     fields = [
-        "integration", integration, "job_id", job_id, "error", error[:ERROR_CHARS],
+        "integration", integration, "job_id", job_id, "error", utf8_text(error[:ERROR_CHARS]),
         "at", repr(at),
     ]  # fmt: skip
     for spec in chosen:

@@ -21,9 +21,10 @@ from redis.exceptions import RedisError, ResponseError
 
 from retrieve_core.job import JOB_FIELD
 from retrieve_core.keys import CONSUMER_GROUP, COUNTER_TTL_SECONDS, AppKeys, counter_bucket
-from retrieve_core.logstore import encode_update
+from retrieve_core.logstore import MAX_RESULT_TEXT_CHARS, encode_update
 from retrieve_core.redisclient import RedisClient
 from retrieve_core.resp import PackedScript, bulk, evalsha_head
+from retrieve_core.text import utf8_text
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def pack_completions(keys: AppKeys, outcomes: Sequence[Completion]) -> bytes:
             outcome.job_json,
             repr(outcome.due),
             integration,
-            outcome.error[:2000],
+            utf8_text(outcome.error[:MAX_RESULT_TEXT_CHARS]),
             failed_at,
             update,
             1 if outcome.failed or mode is Finish.DEAD else 0,

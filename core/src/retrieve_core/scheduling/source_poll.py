@@ -31,6 +31,7 @@ from retrieve_core.models import HttpSourceSpec, NotificationEvent
 from retrieve_core.notifications import note_event
 from retrieve_core.redisclient import RedisClient
 from retrieve_core.scheduling.state import PollState, rfc3339
+from retrieve_core.text import safe_text, utf8_text
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ POLL_SOURCE_IP: Final = "poll"
 DEFAULT_DEDUPE_TTL: Final = 86_400
 MAX_DEDUPE_VALUE: Final = 512  # as the receiver truncates a delivery id
 MAX_PAGE_BYTES: Final = 16 * 1024 * 1024
+MAX_ERROR_CHARS: Final = 1000  # a failed run's error, as its state and status keep it
+MAX_URL_CHARS: Final = 300  # a URL quoted in an error
 """Of a source's answer, at most this much is read (decompressed): past it the run fails."""
 
 Fetch = Callable[[str], Awaitable[Any]]
@@ -127,9 +130,9 @@ async def paginate(
     seen_urls: set[str] = set()
     while url is not None:
         if pages >= max_pages:
-            raise PollError(f"more than maxPages ({max_pages}) pages; next was {url}")
+            raise PollError(f"more than maxPages ({max_pages}) pages; next was {_safe(url)}")
         if url in seen_urls:
-            raise PollError(f"the source links back to a page already read: {url}")
+            raise PollError(f"the source links back to a page already read: {_safe(url)}")
         seen_urls.add(url)
         body = await fetch(url)
         page_items = select_items(source, body)
@@ -214,9 +217,18 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 
 def _safe(url: str) -> str:
-    """A URL for messages: no user:password part."""
+    """A URL for messages: no user:password part, at most `MAX_URL_CHARS` characters."""
     parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.hostname or "")) if parts.password else url
+    shown = urlunsplit(parts._replace(netloc=parts.hostname or "")) if parts.password else url
+    return shown if len(shown) <= MAX_URL_CHARS else shown[:MAX_URL_CHARS] + "…"
+
+
+def error_text(text: str) -> str:
+    """A run's error as its state, status and notifications keep it: one line (controls shown
+    as escapes: it reaches `kubectl describe` and logs), at most `MAX_ERROR_CHARS`. The source
+    chose part of it (a next-page link, an exception's text)."""
+    shown = safe_text(utf8_text(text[:MAX_ERROR_CHARS]))
+    return shown if len(shown) <= MAX_ERROR_CHARS else shown[: MAX_ERROR_CHARS - 1] + "…"
 
 
 class Poller:
@@ -256,7 +268,7 @@ class Poller:
             new = await self._enqueue_all(items, started)
             result = PollResult(started, len(items), new, pages)
         except PollError as exc:
-            result = PollResult(started, 0, 0, 0, str(exc))
+            result = PollResult(started, 0, 0, 0, error_text(str(exc)))
         since = previous.since if result.error else started
         state = PollState(since, started, result.seen, result.new, result.error)
         key = self.keys.poll_state(self.integration.id)
