@@ -15,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from retrieve_core.config import SecretStore
+from retrieve_core.logstore import LogStore
 from retrieve_core.models import RewriteSpec, VerifySpec
 from retrieve_core.sandbox import Sandbox, code_key
 from retrieve_receiver import signatures
@@ -48,6 +49,24 @@ async def test_signature_headers_authorization_and_cookies_never_reach_a_job(
     [job] = await jobs(redis_client, app.keys)
     assert job.headers.get("x-github-event") == "push"  # selected headers are copied
     assert not {name.lower() for name in sensitive} & set(job.headers)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("length", [200, 5000])  # within the lean path's id grammar, and past it
+async def test_a_long_unknown_id_is_echoed_and_logged_cut_to_128_characters(
+    receiver_client: ClientFactory, redis_client: Redis, length: int
+) -> None:
+    """An id from the URL is echoed in the 404 and kept in its log record: a request line may
+    be 8 KiB long, so both keep at most 128 characters of it."""
+    app = make_app(integrations=[make_integration("Ab1")])
+    client = await receiver_client(make_provider(app))
+    long_id = "x" * length
+    response = await client.post(f"/integration/{long_id}", json={})
+    assert response.status == 404
+    shown = "x" * 127 + "…"
+    assert await response.json() == {"result": False, "error": f"Integration {shown} not found"}
+    [record] = await LogStore(redis_client, app.keys).query()
+    assert record.integration_id == shown
 
 
 @pytest.mark.redis

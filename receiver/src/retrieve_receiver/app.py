@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDictProxy
@@ -380,6 +380,11 @@ BodyReader = Callable[[int], Awaitable[bytes]]
 """Reads a request's body within a limit: OverflowError past it, TimeoutError when too slow."""
 
 
+MAX_ID_SHOWN: Final = 128
+"""An id from a URL is echoed in the 404 and kept in its log record cut to this many characters
+(a request line may be 8 KiB long; a configured id is 64 characters at most)."""
+
+
 @dataclass(slots=True)
 class Incoming:
     """One request for a webhook route, whichever HTTP path read it: aiohttp's, or the lean
@@ -414,6 +419,8 @@ async def handle_webhook(webapp: web.Application, incoming: Incoming) -> Answer:
     """The answer to a webhook request, whatever happens: refusals answered with the
     contract's JSON and their log record written, every answer counted and timed."""
     started = time.perf_counter()
+    if len(incoming.integration_id) > MAX_ID_SHOWN:  # never a configured id (64 at most)
+        incoming.integration_id = incoming.integration_id[: MAX_ID_SHOWN - 1] + "…"
     try:
         answer = await _receive(webapp, incoming)
     except WebhookError as exc:
