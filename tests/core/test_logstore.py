@@ -162,6 +162,8 @@ def test_a_payload_is_kept_whole_when_it_fits_and_within_its_bound_when_not(
         whole = None
     if whole is not None and len(body) <= limit:
         assert (text, truncated) == (whole, False)
+    if whole is not None:  # valid UTF-8 cut anywhere: a prefix of its text, never a U+FFFD
+        assert whole.startswith(text)
     if len(body) > limit:
         assert truncated
 
@@ -195,3 +197,22 @@ async def test_the_count_bound_holds_on_a_redis_cluster_for_every_application(
             assert len(kept) == 10
     finally:
         await redis.aclose()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("prefix", range(1018, 1025))
+def test_a_character_cut_at_the_limit_is_left_out_not_replaced(prefix: int) -> None:
+    body = ("x" * prefix + "\U0001f600").encode()  # the emoji is 4 bytes; cut anywhere in it
+    text, truncated = truncate_payload(body, 1024)
+    assert "\ufffd" not in text
+    assert text == body.decode()[: len(text)]
+    assert truncated is (len(body) > 1024)
+
+
+@pytest.mark.unit
+def test_result_text_stays_within_its_bound_after_escaping() -> None:
+    """A lone surrogate is written as a 6-character escape: the bound holds after it."""
+    flat = encode_update({"message": "\ud83d" * 5000, "error": "e" * 3000})
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    assert fields["message"] == "\\ud83d" * 333 + "\\u"
+    assert fields["error"] == "e" * 2000

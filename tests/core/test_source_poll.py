@@ -459,3 +459,26 @@ async def test_a_failed_runs_error_is_one_bounded_line_wherever_it_is_kept(
         assert 0 < len(kept) <= 1000
         assert kept.isprintable(), kept[:200]
         assert "\\x1b[31mFAKE LINE" in kept
+
+
+@pytest.mark.redis
+async def test_an_item_with_a_lone_surrogate_fails_the_run_with_a_clear_error(
+    redis_client: Redis,
+) -> None:
+    """A source's JSON may escape half of a surrogate pair, which UTF-8 cannot carry (the
+    receiver answers such a webhook 400). Before, it raised out of the run, with no state
+    saved and no notification; now the run fails saying why, and enqueues nothing of the page."""
+    source = PagedSource([{"id": 2}, {"id": "half \ud83d"}], page_size=10)
+    await source.start()
+    try:
+        app = _app(_schedule(source.url))
+        result = await Poller(redis_client, app, app.integrations[0]).run(SecretStore())
+    finally:
+        await source.stop()
+    assert result.error == (
+        "item 1 holds text UTF-8 cannot carry (half of a surrogate pair, escaped in the "
+        "source's JSON)"
+    )
+    state = await Poller(redis_client, app, app.integrations[0]).state()
+    assert state.error == result.error
+    assert await redis_client.xlen(app.keys.jobs) == 0

@@ -113,8 +113,11 @@ def truncate_payload_bytes(body: bytes, limit: int) -> tuple[bytes, bool]:
             pass
         else:
             return body, False
-    encoded = body[:limit].decode("utf-8", "replace").encode()
-    if len(encoded) > limit:  # replacement characters, or a character cut at the limit
+    cut = limit
+    while 0 < cut < len(body) and limit - cut < 3 and body[cut] & 0xC0 == 0x80:
+        cut -= 1  # not inside a character: its first bytes alone would show as U+FFFD
+    encoded = body[:cut].decode("utf-8", "replace").encode()
+    if len(encoded) > limit:  # replacement characters for bytes that are not UTF-8
         # Cut at the limit, then drop the partial character the cut may leave at the end.
         return encoded[:limit].decode("utf-8", "ignore").encode(), True
     return encoded, len(body) > limit
@@ -198,8 +201,8 @@ def encode_update(fields: Mapping[str, Any]) -> list[str]:
     """
     flat: list[str] = []
     for name, value in fields.items():
-        flat += (name, utf8_text(value[:MAX_RESULT_TEXT_CHARS]) if isinstance(value, str)
-                 else _json_text(value))  # fmt: skip
+        flat += (name, utf8_text(value[:MAX_RESULT_TEXT_CHARS])[:MAX_RESULT_TEXT_CHARS]
+                 if isinstance(value, str) else _json_text(value))  # fmt: skip
     flat += ("updated_at", repr(time.time()))
     return flat
 

@@ -169,7 +169,8 @@ async def note_event(
     at = time.time() if now is None else now
     keys = app.keys
     fields = [
-        "integration", integration, "job_id", job_id, "error", utf8_text(error[:ERROR_CHARS]),
+        "integration", integration, "job_id", job_id,
+        "error", utf8_text(error[:ERROR_CHARS])[:ERROR_CHARS],
         "at", repr(at),
     ]  # fmt: skip
     for spec in chosen:

@@ -152,7 +152,7 @@ def pack_completions(keys: AppKeys, outcomes: Sequence[Completion]) -> bytes:
             outcome.job_json,
             repr(outcome.due),
             integration,
-            utf8_text(outcome.error[:MAX_RESULT_TEXT_CHARS]),
+            utf8_text(outcome.error[:MAX_RESULT_TEXT_CHARS])[:MAX_RESULT_TEXT_CHARS],
             failed_at,
             update,
             1 if outcome.failed or mode is Finish.DEAD else 0,

@@ -40,9 +40,11 @@ POLL_SOURCE_IP: Final = "poll"
 DEFAULT_DEDUPE_TTL: Final = 86_400
 MAX_DEDUPE_VALUE: Final = 512  # as the receiver truncates a delivery id
 MAX_PAGE_BYTES: Final = 16 * 1024 * 1024
-MAX_ERROR_CHARS: Final = 1000  # a failed run's error, as its state and status keep it
-MAX_URL_CHARS: Final = 300  # a URL quoted in an error
 """Of a source's answer, at most this much is read (decompressed): past it the run fails."""
+MAX_ERROR_CHARS: Final = 1000
+"""A failed run's error, as its state and the Integration's status keep it."""
+MAX_URL_CHARS: Final = 300
+"""A URL quoted in an error (the source chooses its next-page links)."""
 
 Fetch = Callable[[str], Awaitable[Any]]
 
@@ -220,7 +222,7 @@ def _safe(url: str) -> str:
     """A URL for messages: no user:password part, at most `MAX_URL_CHARS` characters."""
     parts = urlsplit(url)
     shown = urlunsplit(parts._replace(netloc=parts.hostname or "")) if parts.password else url
-    return shown if len(shown) <= MAX_URL_CHARS else shown[:MAX_URL_CHARS] + "…"
+    return shown if len(shown) <= MAX_URL_CHARS else shown[: MAX_URL_CHARS - 1] + "…"
 
 
 def error_text(text: str) -> str:
@@ -287,11 +289,19 @@ class Poller:
 
     async def _enqueue_all(self, items: list[Any], now: float) -> int:
         ids: list[str] = []
+        bodies: list[bytes] = []
         for index, item in enumerate(items):
             value = dedupe_value(jmespath.search(self.source.id_field, item))
             if value is None:
                 raise PollError(f"item {index} has no id at {self.source.id_field!r}")
             ids.append(value)
+            try:
+                bodies.append(json.dumps(item, ensure_ascii=False).encode())
+            except UnicodeEncodeError:  # the receiver answers such a JSON body 400 likewise
+                raise PollError(
+                    f"item {index} holds text UTF-8 cannot carry (half of a surrogate pair, "
+                    "escaped in the source's JSON)"
+                ) from None
         # Known ids are skipped before the script, so a poll over old items does not write a
         # `duplicate` log record for each; the script still decides atomically for the rest
         # (a webhook may arrive in between). EXPIRE answers whether the key exists and renews
@@ -300,11 +310,17 @@ class Poller:
             for value in ids:
                 pipe.expire(self.keys.dedupe(self.integration.id, value), self.dedupe_ttl)
             known = await pipe.execute()
-        fresh = [(item, value) for item, value, k in zip(items, ids, known, strict=True) if not k]
-        outcomes = await asyncio.gather(*(self._store(item, value, now) for item, value in fresh))
+        fresh = [
+            (item, body, value)
+            for item, body, value, k in zip(items, bodies, ids, known, strict=True)
+            if not k
+        ]
+        outcomes = await asyncio.gather(
+            *(self._store(item, body, value, now) for item, body, value in fresh)
+        )
         return sum(1 for outcome in outcomes if outcome is Outcome.QUEUED)
 
-    async def _store(self, item: Any, dedupe_id: str, now: float) -> Outcome:
+    async def _store(self, item: Any, body: bytes, dedupe_id: str, now: float) -> Outcome:
         job = Job(
             id=new_job_id(),
             integration_id=self.integration.id,
@@ -315,7 +331,6 @@ class Poller:
             format="json",
             payload=item,
         )
-        body = json.dumps(item, ensure_ascii=False).encode()
         logs = self.app.spec.webhook_logs
         delivery = Delivery(
             job_id=job.id,
