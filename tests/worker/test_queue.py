@@ -69,3 +69,27 @@ async def test_commits_survive_a_script_flush(redis_client: Redis) -> None:
     await redis_client.script_flush()  # as after a Redis restart
     await Committer(redis_client, keys).commit(Completion(entry))
     assert await redis_client.xlen(keys.jobs) == 0
+
+
+@pytest.mark.redis
+async def test_an_outcome_call_sent_twice_stores_its_outcomes_once(redis_client: Redis) -> None:
+    """A call whose reply was lost (Redis restarting) is sent again: only entries still
+    pending get their outcome, so no dead letter, retry or counter is written twice."""
+    keys = AppKeys("shop", "commits-twice")
+    await ensure_group(redis_client, keys)
+    entries = [_text(await redis_client.xadd(keys.jobs, {"job": f"{n}"})) for n in range(2)]
+    await redis_client.xreadgroup(CONSUMER_GROUP, "w1", {keys.jobs: ">"}, count=10)
+    dead = Completion(entries[0], Finish.DEAD, job_id="dead", integration_id="ABC123",
+                      job_json='{"a": 2}', error="boom", failed=True)  # fmt: skip
+    retry = Completion(entries[1], Finish.RETRY, job_id="retry", integration_id="ABC123",
+                       job_json='{"a": 1}', due=42.0)  # fmt: skip
+    committer = Committer(redis_client, keys)
+    await committer.commit_many([dead, retry])
+    await redis_client.zrem(keys.delayed, "retry")  # the retry already moved on
+    await committer.commit_many([dead, retry])  # the same call again
+
+    assert len(await redis_client.xrange(keys.dead_letters)) == 1
+    assert await redis_client.hget(keys.dead_counts, "ABC123") == b"1"
+    counters = keys.counters("ABC123", counter_bucket(time.time()))
+    assert await redis_client.hget(counters, COUNTER_FAILED) == b"1"
+    assert await redis_client.zcard(keys.delayed) == 0  # not scheduled again

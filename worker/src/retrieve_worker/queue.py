@@ -17,12 +17,19 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic_core import to_json
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from retrieve_core.job import JOB_FIELD
 from retrieve_core.keys import CONSUMER_GROUP, COUNTER_TTL_SECONDS, AppKeys, counter_bucket
 from retrieve_core.logstore import MAX_RESULT_TEXT_CHARS, encode_update
-from retrieve_core.redisclient import RedisClient
+from retrieve_core.redisclient import RedisClient, is_redis_failure
 from retrieve_core.resp import PackedScript, bulk, evalsha_head
 from retrieve_core.text import utf8_text
 
@@ -69,28 +76,34 @@ local updates = cjson.decode(ARGV[3])
 local ids = {}
 for i = 4, #ARGV do
   local a = cjson.decode(ARGV[i])
-  local record, counters = KEYS[6 + 2 * (i - 4)], KEYS[7 + 2 * (i - 4)]
-  local fields = updates[a[9]]
-  if fields and redis.call('EXISTS', record) == 1 then
-    redis.call('HSET', record, unpack(fields))
-  end
-  if a[2] == 'retry' then
-    redis.call('HSET', KEYS[3], a[3], a[4])
-    redis.call('ZADD', KEYS[2], a[5], a[3])
-  elseif a[2] == 'dead' then
-    redis.call('XADD', KEYS[4], '*', 'job', a[4], 'integration_id', a[6], 'error', a[7],
-               'failed_at', a[8])
-    redis.call('HINCRBY', KEYS[5], a[6], 1)
-  end
-  if a[10] == 1 and a[6] ~= '' then
-    if redis.call('HINCRBY', counters, 'failed', 1) == 1 then
-      redis.call('EXPIRE', counters, ARGV[2])
+  -- Only an entry still pending gets its outcome: a call sent again after its reply was lost
+  -- (or an entry another worker settled meanwhile) stores nothing twice.
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], a[1], a[1], 1) > 0 then
+    local record, counters = KEYS[6 + 2 * (i - 4)], KEYS[7 + 2 * (i - 4)]
+    local fields = updates[a[9]]
+    if fields and redis.call('EXISTS', record) == 1 then
+      redis.call('HSET', record, unpack(fields))
     end
+    if a[2] == 'retry' then
+      redis.call('HSET', KEYS[3], a[3], a[4])
+      redis.call('ZADD', KEYS[2], a[5], a[3])
+    elseif a[2] == 'dead' then
+      redis.call('XADD', KEYS[4], '*', 'job', a[4], 'integration_id', a[6], 'error', a[7],
+                 'failed_at', a[8])
+      redis.call('HINCRBY', KEYS[5], a[6], 1)
+    end
+    if a[10] == 1 and a[6] ~= '' then
+      if redis.call('HINCRBY', counters, 'failed', 1) == 1 then
+        redis.call('EXPIRE', counters, ARGV[2])
+      end
+    end
+    ids[#ids + 1] = a[1]
   end
-  ids[#ids + 1] = a[1]
 end
-redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
-redis.call('XDEL', KEYS[1], unpack(ids))
+if #ids > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+  redis.call('XDEL', KEYS[1], unpack(ids))
+end
 return #ids
 """
 FINISH = PackedScript(FINISH_SCRIPT)
@@ -199,6 +212,18 @@ class DelayedMover:
         return int(moved)
 
 
+COMMIT_RETRY_SECONDS = 30.0
+"""How long an outcome call is sent again while Redis is unreachable (a restart, a failover)."""
+COMMIT_RETRY_FIRST_PAUSE = 0.1
+COMMIT_RETRY_MAX_PAUSE = 2.0
+
+
+def _unavailable(reply: Any) -> bool:
+    """A script reply that says Redis could not run it now (loading its data, a replica
+    during a failover, a cluster slot moving), not that it failed."""
+    return isinstance(reply, BusyLoadingError | ReadOnlyError | TryAgainError | ClusterDownError)
+
+
 class Committer:
     """Writes the outcomes of one application's jobs, batching concurrent ones.
 
@@ -207,11 +232,18 @@ class Committer:
     learns whether its own outcomes were stored.
     """
 
-    def __init__(self, redis: RedisClient, keys: AppKeys, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        keys: AppKeys,
+        max_batch: int = 256,
+        retry_seconds: float = COMMIT_RETRY_SECONDS,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self._slot_key = keys.jobs.encode()
         self.max_batch = max_batch
+        self.retry_seconds = retry_seconds
         self._pending: list[tuple[Sequence[Completion], asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -278,12 +310,30 @@ class Committer:
     async def _execute(
         self, batch: list[tuple[Sequence[Completion], asyncio.Future[None]]]
     ) -> None:
-        """One script call for the batch; a failed call fails each of its callers (their
-        entries stay pending and are delivered again: at least once)."""
+        """One script call for the batch. While Redis is unreachable (restarting, failing
+        over) the call is sent again, for up to `retry_seconds`: the jobs were delivered, and
+        an outcome dropped now would have them delivered again once their entries are
+        reclaimed. The script stores nothing twice (it skips entries no longer pending), so a
+        call whose reply was lost may be sent again. A call that still fails fails each of its
+        callers (their entries stay pending and are delivered again: at least once)."""
         outcomes = [outcome for group, _ in batch for outcome in group]
         data = pack_completions(self.keys, outcomes)
-        # To the node owning the application's slot; NOSCRIPT loads the script there.
-        [reply] = await FINISH.run(self.redis, [(self._slot_key, data)])
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + self.retry_seconds, COMMIT_RETRY_FIRST_PAUSE
+        while True:
+            try:
+                # To the node owning the application's slot; NOSCRIPT loads the script there.
+                [reply] = await FINISH.run(self.redis, [(self._slot_key, data)])
+            except Exception as exc:
+                if not is_redis_failure(exc) or loop.time() + pause > deadline:
+                    raise
+                log.info("outcomes of %d job(s) not stored yet (%s), sending again in %.1f s",
+                         len(outcomes), exc, pause)  # fmt: skip
+            else:
+                if not _unavailable(reply) or loop.time() + pause > deadline:
+                    break
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, COMMIT_RETRY_MAX_PAUSE)
         for _, future in batch:
             if future.done():
                 continue
