@@ -88,7 +88,7 @@ async def test_an_outcome_call_sent_twice_stores_its_outcomes_once(redis_client:
     await redis_client.zrem(keys.delayed, "retry")  # the retry already moved on
     await committer.commit_many([dead, retry])  # the same call again
 
-    assert len(await redis_client.xrange(keys.dead_letters)) == 1
+    assert await redis_client.xlen(keys.dead_letters) == 1
     assert await redis_client.hget(keys.dead_counts, "ABC123") == b"1"
     counters = keys.counters("ABC123", counter_bucket(time.time()))
     assert await redis_client.hget(counters, COUNTER_FAILED) == b"1"
