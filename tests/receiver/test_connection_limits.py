@@ -64,9 +64,11 @@ async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
     return raw
 
 
-async def stall(port: int, first: bytes, source: str, trickle: bytes = b"") -> bytes:
-    """Opens a connection, sends `first`, then one byte of `trickle` at a time (0.3 s apart)
-    while the server keeps it open; returns what the server sent before closing it."""
+async def stall(
+    port: int, first: bytes, source: str, trickle: bytes = b"", pause: float = 0.3
+) -> bytes:
+    """Opens a connection, sends `first`, then one byte of `trickle` at a time (`pause`
+    apart) while the server keeps it open; returns what the server sent before closing it."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     try:
         writer.write(first)
@@ -74,7 +76,7 @@ async def stall(port: int, first: bytes, source: str, trickle: bytes = b"") -> b
 
         async def dribble() -> None:
             for byte in trickle:
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(pause)
                 writer.write(bytes([byte]))
                 await writer.drain()
 
@@ -122,6 +124,22 @@ async def test_a_body_slower_than_its_deadline_gets_408_and_the_connection_close
         "error": "Request body not received within 1 s",
     }
     assert "Traceback" not in strict_receiver.process.output()
+
+
+async def test_a_sender_still_sending_its_body_reads_the_whole_408_before_the_end(
+    strict_receiver: Receiver,
+) -> None:
+    """The 408 is followed by the end of the connection (FIN) while the server still reads and
+    drops what comes: closed at once with bytes unread, the connection was reset, and the
+    reset could take the answer with it (the sender saw "connection reset by peer")."""
+    head = (
+        f"POST {URL} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        "Content-Length: 100000\r\n\r\n"
+    ).encode()
+    for _ in range(3):
+        raw = await stall(strict_receiver.port, head + b'{"a": "', "127.0.0.1", b"x" * 99_000,
+                          pause=0.002)  # fmt: skip
+        assert parse_answer(raw).status == 408
 
 
 async def keep_alive_request(port: int) -> tuple[Answer, asyncio.StreamWriter]:

@@ -659,11 +659,37 @@ def webhook_route(*, xml_route: bool) -> Handler:
             read_body=partial(read_body, request),
             path=request.path,
         )
-        response = response_for(await handle_webhook(request.app, incoming))
+        answer = await handle_webhook(request.app, incoming)
+        response = response_for(answer)
+        if answer.close:
+            await _answer_and_linger(request, response)
         guard.answered(request.transport)
         return response
 
     return receive
+
+
+async def _answer_and_linger(request: web.Request, response: web.StreamResponse) -> None:
+    """Write a closing answer (408), end our side of the connection, then read and drop what
+    the sender still sends until it closes or `LINGERING_SECONDS` pass.
+
+    Closed at once with bytes unread, the connection would be reset, and a reset can take the
+    answer with it before the sender reads it: a slow sender still sending its body would
+    never learn why. (aiohttp's own lingering close is skipped for a forced close.)"""
+    await response.prepare(request)
+    await response.write_eof()
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return
+    if transport.can_write_eof():
+        transport.write_eof()  # the answer, then the end: the sender reads both
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LINGERING_SECONDS
+    with contextlib.suppress(Exception):
+        while (left := deadline - loop.time()) > 0:
+            async with asyncio.timeout(left):
+                if not await request.content.readany():
+                    return
 
 
 def _plain_route(make: Callable[[web.Request], Answer]) -> Handler:
