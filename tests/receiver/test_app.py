@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from retrieve_core.config import SecretStore
 from retrieve_core.job import Job
-from retrieve_core.keys import COUNTER_RECEIVED, COUNTER_REJECTED, AppKeys, counter_bucket
+from retrieve_core.keys import COUNTER_RECEIVED, COUNTER_REJECTED, AppKeys
 from retrieve_core.logstore import LogStore
 from tests.receiver.conftest import (
     ORDER_ID,
@@ -22,6 +22,7 @@ from tests.receiver.conftest import (
     make_provider,
 )
 from tests.receiver.vectors import shopify_signature
+from tests.support.counters import counter_total
 
 pytestmark = pytest.mark.redis
 
@@ -42,6 +43,7 @@ async def test_accepted_json_webhook_is_in_the_stream_with_a_log_record(
 ) -> None:
     app = make_app(integrations=[make_integration(ORDER_ID)])
     client = await receiver_client(make_provider(app))
+    start = time.time()
 
     response = await client.post(
         f"/integration/{ORDER_ID}",
@@ -71,8 +73,7 @@ async def test_accepted_json_webhook_is_in_the_stream_with_a_log_record(
     assert (record.status, record.http_status) == ("queued", 200)
     assert record.source_ip == "127.0.0.1"
     assert json.loads(record.payload) == job.payload
-    counters = await redis_client.hgetall(app.keys.counters(ORDER_ID, counter_bucket(time.time())))
-    assert counters[COUNTER_RECEIVED.encode()] == b"1"
+    assert await counter_total(redis_client, app.keys, ORDER_ID, COUNTER_RECEIVED, since=start) == 1
     assert await redis_client.hget(app.keys.last_received, ORDER_ID) is not None
 
 
@@ -115,6 +116,7 @@ async def test_unauthorized_sender_gets_403_with_its_address(
 ) -> None:
     app = make_app(allowed=["203.0.113.0"], integrations=[make_integration(ORDER_ID)])
     client = await receiver_client(make_provider(app), source="127.0.0.3")
+    start = time.time()
 
     response = await client.post(f"/integration/{ORDER_ID}", json={"a": 1})
 
@@ -124,8 +126,7 @@ async def test_unauthorized_sender_gets_403_with_its_address(
     [record] = await LogStore(redis_client, app.keys).query()
     assert (record.status, record.http_status, record.source_ip) == ("rejected", 403, "127.0.0.3")
     assert record.error.startswith("This domain/IP")
-    counters = await redis_client.hgetall(app.keys.counters(ORDER_ID, counter_bucket(time.time())))
-    assert counters[COUNTER_REJECTED.encode()] == b"1"
+    assert await counter_total(redis_client, app.keys, ORDER_ID, COUNTER_REJECTED, since=start) == 1
 
 
 async def test_unauthorized_sender_with_unknown_id_gets_403_not_404(

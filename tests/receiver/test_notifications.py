@@ -8,7 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from retrieve_core.config import SecretStore
-from retrieve_core.keys import COUNTER_UNAUTHORIZED, AppKeys, counter_bucket
+from retrieve_core.keys import COUNTER_UNAUTHORIZED, AppKeys
 from retrieve_core.models import NotificationEvent
 from retrieve_core.notifications import claim_due
 from tests.receiver.conftest import (
@@ -18,6 +18,7 @@ from tests.receiver.conftest import (
     make_integration,
     make_provider,
 )
+from tests.support.counters import counter_total
 
 pytestmark = pytest.mark.redis
 
@@ -70,18 +71,16 @@ async def test_a_sender_outside_the_whitelist_counts_and_apps_without_the_event_
         "quiet", allowed=["203.0.113.9"], integrations=[make_integration("Q1", app="quiet")]
     )
     client = await receiver_client(make_provider(watched, quiet))
+    start = time.time()
 
     for integration_id in (ORDER_ID, ORDER_ID, "Q1", "Q1"):
         response = await client.post(f"/integration/{integration_id}", json={})
         assert response.status == 403
 
     async def unauthorized(keys: AppKeys, integration_id: str) -> int:
-        now = counter_bucket(time.time())  # this minute and the one before (a boundary)
-        values = [
-            await redis_client.hget(keys.counters(integration_id, b), COUNTER_UNAUTHORIZED)
-            for b in (now - 1, now)
-        ]
-        return sum(int(v) for v in values if v is not None)
+        return await counter_total(
+            redis_client, keys, integration_id, COUNTER_UNAUTHORIZED, since=start
+        )
 
     assert await unauthorized(watched.keys, ORDER_ID) == 2
     assert await unauthorized(quiet.keys, "Q1") == 0

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from retrieve_core.keys import CONSUMER_GROUP, COUNTER_FAILED, AppKeys, counter_bucket
 from retrieve_worker.queue import Committer, Completion, Finish, ensure_group
+from tests.support.counters import counter_total
 
 
 def _text(value: bytes | str) -> str:
@@ -26,6 +27,7 @@ async def test_a_batch_of_outcomes_is_stored_and_acked_in_one_call(redis_client:
     for job_id in ("done", "retry", "dead", "failed"):  # "gone": its record was trimmed
         await redis_client.hset(keys.log_record(job_id), mapping={"status": "queued"})
     committer = Committer(redis_client, keys)
+    start = time.time()
 
     def completion(n: int, job_id: str, mode: Finish, **extra: object) -> Completion:
         return Completion(
@@ -52,9 +54,11 @@ async def test_a_batch_of_outcomes_is_stored_and_acked_in_one_call(redis_client:
     dead = {b"job": b'{"a": 2}', b"integration_id": b"ABC123", b"error": b"boom", b"failed_at": ANY}
     assert await redis_client.xrange(keys.dead_letters) == [(ANY, dead)]
     assert await redis_client.hget(keys.dead_counts, "ABC123") == b"1"
-    counters = keys.counters("ABC123", counter_bucket(time.time()))
-    assert await redis_client.hget(counters, COUNTER_FAILED) == b"2"  # failed + dead
-    assert await redis_client.ttl(counters) > 0
+    assert await counter_total(redis_client, keys, "ABC123", COUNTER_FAILED, since=start) == 2
+    buckets = range(counter_bucket(start), counter_bucket(time.time()) + 1)
+    ttls = [await redis_client.ttl(keys.counters("ABC123", bucket)) for bucket in buckets]
+    assert max(ttls) > 0  # written with an expiry
+    assert -1 not in ttls
     assert await redis_client.xlen(keys.jobs) == 0  # acked and deleted
     pending = await redis_client.xpending(keys.jobs, CONSUMER_GROUP)
     assert pending["pending"] == 0
@@ -84,12 +88,12 @@ async def test_an_outcome_call_sent_twice_stores_its_outcomes_once(redis_client:
     retry = Completion(entries[1], Finish.RETRY, job_id="retry", integration_id="ABC123",
                        job_json='{"a": 1}', due=42.0)  # fmt: skip
     committer = Committer(redis_client, keys)
+    start = time.time()
     await committer.commit_many([dead, retry])
     await redis_client.zrem(keys.delayed, "retry")  # the retry already moved on
     await committer.commit_many([dead, retry])  # the same call again
 
     assert await redis_client.xlen(keys.dead_letters) == 1
     assert await redis_client.hget(keys.dead_counts, "ABC123") == b"1"
-    counters = keys.counters("ABC123", counter_bucket(time.time()))
-    assert await redis_client.hget(counters, COUNTER_FAILED) == b"1"
+    assert await counter_total(redis_client, keys, "ABC123", COUNTER_FAILED, since=start) == 1
     assert await redis_client.zcard(keys.delayed) == 0  # not scheduled again
