@@ -120,6 +120,9 @@ def receiver_client(
         **settings: Any,
     ) -> TestClient[web.Request, web.Application]:
         settings.setdefault("lean_http", lean_http)
+        # Refused requests' records are best-effort within 0.5 s when deployed; the tests that
+        # read them back must not lose one to a loaded machine's slow fsync.
+        settings.setdefault("log_write_timeout", 10.0)
         receiver_settings = ReceiverSettings(redis_url=redis_url or redis_server.url, **settings)
         app = init_app(receiver_settings, provider, metrics=metrics)
         kwargs: dict[str, Any] = {}

@@ -34,7 +34,7 @@ async def admin_client(
     admin_hosts: tuple[str, ...] = (),
 ) -> TestClient[web.Request, web.Application]:
     """The admin app; with a console `token`, requests carry it unless they say otherwise."""
-    settings = ReceiverSettings(redis_url=redis_url, redis_timeout=0.5)
+    settings = ReceiverSettings(redis_url=redis_url, redis_timeout=5.0)
     if admin_hosts:
         settings = settings.with_overrides(admin_hosts=admin_hosts)
     console = ConsoleSettings(token=token) if token is not None else None
@@ -78,7 +78,7 @@ async def test_redis_down_gives_503_then_recovers_after_restart(
     provider = make_provider(app)
     metrics = ReceiverMetrics()
     client = await receiver_client(
-        provider, redis_url=private_redis_server.url, metrics=metrics, redis_timeout=0.5
+        provider, redis_url=private_redis_server.url, metrics=metrics, redis_timeout=5.0
     )
     admin = await admin_client(aiohttp_client, provider, private_redis_server.url, metrics)
     assert (await client.post("/integration/ABC123", json={"n": 1})).status == 200

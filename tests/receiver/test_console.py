@@ -35,7 +35,7 @@ APP = make_app(integrations=[make_integration("ORDERS1")])
 async def console_client(
     aiohttp_client: AiohttpClient, redis_url: str, console: ConsoleSettings | None
 ) -> TestClient[web.Request, web.Application]:
-    settings = ReceiverSettings(redis_url=redis_url, redis_timeout=0.5)
+    settings = ReceiverSettings(redis_url=redis_url, redis_timeout=5.0)
     return await aiohttp_client(init_admin_app(settings, make_provider(APP), console=console))
 
 
@@ -245,7 +245,7 @@ async def test_the_queue_sampler_is_a_supervised_loop_restarted_after_an_unexpec
 
     monkeypatch.setattr(console_module, "sample_queue_depth", flaky_sample)
     metrics = ReceiverMetrics()
-    settings = ReceiverSettings(redis_url=redis_server.url, redis_timeout=0.5)
+    settings = ReceiverSettings(redis_url=redis_server.url, redis_timeout=5.0)
     app = init_admin_app(
         settings, make_provider(APP), console=ConsoleSettings(TOKEN, 0.05), metrics=metrics
     )

@@ -216,7 +216,7 @@ CASES: dict[str, tuple[list[bytes | float], set[int | None], bool]] = {
     "chunked body over the limit": (chunked(URL, 3 * LIMIT), {413}, True),
     "chunked body within the limit": (chunked(URL, 64 * 1024), {400}, True),
     "slow body, then complete": (
-        [request(URL, b'{"slow": true}')[:-8], 1.0, b" true}"[:0], 1.0, b'": true}'[-8:]],
+        [request(URL, b'{"slow": true}')[:-8], 0.5, b" true}"[:0], 0.5, b'": true}'[-8:]],
         {200, 400},
         True,
     ),

@@ -445,19 +445,21 @@ async def test_plain_requests_stay_lean_and_the_first_other_one_hands_over_in_or
 
 @lean_only
 async def test_a_body_slower_than_the_head_deadline_is_finished_by_aiohttp(
-    lean_client: TestClient[web.Request, web.Application],
+    receiver_client: ClientFactory,
 ) -> None:
+    app = make_app(integrations=[make_integration(ORDER_ID)])
+    client = await receiver_client(provider_of(app), header_timeout=0.5, body_timeout=10)
     loop = asyncio.get_running_loop()
-    sock = await connect(lean_client)
+    sock = await connect(client)
     try:
         await loop.sock_sendall(sock, PLAIN[:-5])
-        await asyncio.sleep(0.8)  # past header_timeout=0.5, within body_timeout=1.0
+        await asyncio.sleep(0.8)  # past header_timeout=0.5, well within body_timeout
         await loop.sock_sendall(sock, PLAIN[-5:])
         answers = await read_answers(sock, 1)
     finally:
         sock.close()
     assert [status(a) for a in answers] == [200]
-    assert handovers(lean_client) == 1
+    assert handovers(client) == 1
 
 
 @lean_only
@@ -558,9 +560,13 @@ async def test_a_sender_that_does_not_read_its_answers_is_paused_not_buffered(
 
 @lean_only
 async def test_the_head_is_read_once_while_its_body_comes_in_small_pieces(
-    lean_client: TestClient[web.Request, web.Application], monkeypatch: pytest.MonkeyPatch
+    receiver_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from retrieve_receiver import lean
+
+    app = make_app(integrations=[make_integration(ORDER_ID)])
+    # A deadline far away: fifty small sleeps on a loaded machine must not hand the request over.
+    lean_client = await receiver_client(provider_of(app), header_timeout=10)
 
     calls = 0
     parse = lean.parse_plain_request
@@ -645,15 +651,14 @@ async def test_a_request_under_way_is_not_closed_as_idle(receiver_client: Client
     """The idle timeout counts from the last answer only while nothing is under way: a head
     that came in time, with its body still arriving past the idle timeout, is answered."""
     app = make_app(integrations=[make_integration(ORDER_ID)])
-    client = await receiver_client(provider_of(app), idle_timeout=0.5, header_timeout=3)
+    client = await receiver_client(provider_of(app), idle_timeout=2, header_timeout=10)
     loop = asyncio.get_running_loop()
     sock = await connect(client)
     try:
         await loop.sock_sendall(sock, PLAIN)
         assert [status(a) for a in await read_answers(sock, 1)] == [200]
-        await asyncio.sleep(0.3)
-        await loop.sock_sendall(sock, PLAIN[:-5])  # the head and part of the body
-        await asyncio.sleep(0.5)  # past the idle timeout since the answer
+        await loop.sock_sendall(sock, PLAIN[:-5])  # the head and part of the body, in time
+        await asyncio.sleep(2.5)  # past the idle timeout since the answer
         await loop.sock_sendall(sock, PLAIN[-5:])
         answers = await read_answers(sock, 1)
     finally:

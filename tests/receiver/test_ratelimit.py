@@ -96,12 +96,13 @@ async def test_application_limit_covers_all_its_integrations(
 
 @pytest.mark.redis
 async def test_tokens_refill_at_the_configured_rate(receiver_client: ClientFactory) -> None:
-    app = make_app(integrations=[make_integration("FAST", rateLimit=limit(20, 1))])
+    # One token a second: the 429 has a whole second to be seen even on a stalled machine.
+    app = make_app(integrations=[make_integration("FAST", rateLimit=limit(1, 1))])
     client = await receiver_client(make_provider(app))
 
     assert (await client.post("/integration/FAST", data=b"{}")).status == 200
     assert (await client.post("/integration/FAST", data=b"{}")).status == 429
-    await asyncio.sleep(0.12)  # one token every 50 ms
+    await asyncio.sleep(1.1)
     assert (await client.post("/integration/FAST", data=b"{}")).status == 200
 
 

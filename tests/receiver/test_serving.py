@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import aiohttp
 import pytest
@@ -75,7 +76,7 @@ async def test_in_flight_request_finishes_on_shutdown(private_redis_server: Redi
     port, admin_port = free_port(), free_port()
     task = asyncio.create_task(
         run_receiver(
-            ReceiverSettings(redis_url=private_redis_server.url),
+            ReceiverSettings(redis_url=private_redis_server.url, redis_timeout=10),
             make_provider(app),
             "127.0.0.1",
             port,
@@ -87,13 +88,18 @@ async def test_in_flight_request_finishes_on_shutdown(private_redis_server: Redi
     redis = Redis.from_url(private_redis_server.url)
     try:
         async with aiohttp.ClientSession() as session:
-            # Writes stall for a second: the request is in the handler, waiting for Redis.
-            await redis.client_pause(1000, all=False)
+            # Writes stall: the request is in the handler, waiting for Redis, when shutdown begins.
+            await redis.client_pause(10_000, all=False)
             request = asyncio.create_task(
                 session.post(f"http://127.0.0.1:{port}/integration/ABC123", json={"n": 1})
             )
-            await asyncio.sleep(0.3)
+            deadline = time.monotonic() + 10
+            while int((await redis.info("clients"))["blocked_clients"]) < 1:
+                assert time.monotonic() < deadline, "the request never reached Redis"
+                await asyncio.sleep(0.02)
             task.cancel()
+            await asyncio.sleep(0.3)  # shutdown under way, the request still waiting
+            await redis.client_unpause()
             response = await request
             assert response.status == 200
             assert await response.json() == {"result": True, "error": ""}
