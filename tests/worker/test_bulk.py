@@ -250,10 +250,10 @@ async def test_a_loop_taking_its_slots_back_at_once_does_not_starve_a_waiting_on
 async def test_a_worker_stopping_past_its_timeout_leaves_jobs_waiting_for_a_batch_pending(
     harness_factory: HarnessFactory, sink: Sink
 ) -> None:
-    h = harness_factory(
-        {"slow": {"destinations": [{"name": "erp", "http": batched(sink, "/stall", 10, 20)}]}}
-    )
-    sink.delays["/stall"] = 2
+    # The destination would answer (or time out) long after the stop must have ended.
+    stall = {**batched(sink, "/stall", 10, 20), "timeoutSeconds": 30}
+    h = harness_factory({"slow": {"destinations": [{"name": "erp", "http": stall}]}})
+    sink.delays["/stall"] = 10
     await h.start_worker(shutdown_timeout_seconds=0.3)
     jobs = [await h.enqueue("slow", {"n": n}) for n in range(3)]
 
@@ -262,7 +262,7 @@ async def test_a_worker_stopping_past_its_timeout_leaves_jobs_waiting_for_a_batc
 
     await h.eventually(request_sent)
 
-    await asyncio.wait_for(h.stop_workers(), 1.5)  # not the 2 s the destination takes
+    await asyncio.wait_for(h.stop_workers(), 8)  # not the 10 s the destination takes
 
     records = [await h.logs.get(job.id) for job in jobs]
     assert {r.status for r in records if r is not None} == {LogStatus.QUEUED}
@@ -272,22 +272,26 @@ async def test_a_worker_stopping_past_its_timeout_leaves_jobs_waiting_for_a_batc
 async def test_a_full_batcher_holds_up_only_its_own_jobs_and_keeps_them_in_read_order(
     harness_factory: HarnessFactory, sink: Sink
 ) -> None:
+    full_a = {**batched(sink, "/full-a", 2, 10), "timeoutSeconds": 10}
     h = harness_factory(
         {
-            "a": {"destinations": [{"name": "erp", "http": batched(sink, "/full-a", 2, 10)}]},
+            "a": {"destinations": [{"name": "erp", "http": full_a}]},
             "b": {"destinations": [{"name": "erp", "http": batched(sink, "/free-b", 10, 10)}]},
         }
     )
-    sink.delays["/full-a"] = 1.5  # under the 2 s timeout
+    sink.delays["/full-a"] = 5  # well under its 10 s timeout
     # Read 8 at a time (the slots): the second read takes a's last 3 (one finds no room) and b's.
     a_jobs = [await h.enqueue("a", {"n": n}) for n in range(11)]
     b_jobs = [await h.enqueue("b", {"n": n}) for n in range(3)]
     await h.start_worker(read_count=32)
-    started = asyncio.get_running_loop().time()
 
     await settled(h, b_jobs, LogStatus.SUCCEEDED)
 
-    assert asyncio.get_running_loop().time() - started < 1.2  # not after a's first answers
+    # Not after a's first answers: the sink sets a request's status once its delay is over.
+    a_requests = sink.requests_to("/full-a")
+    assert a_requests, "a's first batches were sent"
+    assert [r.status for r in a_requests] == [0] * len(a_requests)
+    sink.delays["/full-a"] = 0  # the requests already waiting still take their 5 s
     more = [await h.enqueue("a", {"n": n}) for n in range(11, 16)]  # a later read
     await settled(h, a_jobs + more, LogStatus.SUCCEEDED)
     # a's jobs were handed over in read order: each request holds consecutive ones.
@@ -418,20 +422,31 @@ async def test_jobs_waiting_for_a_slow_commit_hold_reading_back(
         {"s": {"destinations": [{"name": "erp", "http": batched(sink, "/slow-commit", 10, 10)}]}}
     )
     original = queue.Committer._execute
+    committed = asyncio.Event()  # no outcome is stored until the test has looked
 
     async def slow(self: queue.Committer, batch: Any) -> None:
-        await asyncio.sleep(2)
+        await committed.wait()
         await original(self, batch)
 
     monkeypatch.setattr(queue.Committer, "_execute", slow)
-    for n in range(400):
-        await h.enqueue("s", {"n": n})
-    await h.start_worker()
-    consumer = consumer_of(h)
-    await asyncio.sleep(1)
+    try:
+        for n in range(400):
+            await h.enqueue("s", {"n": n})
+        await h.start_worker()
+        consumer = consumer_of(h)
 
-    # Room for (4 + 1) x maxRecords records in the batcher until stored, and the slots.
-    assert consumer.runner.bulk.held <= consumer.concurrency + 5 * 10
-    # Batches leave on time (maxWaitMs), not always full: it is the records that are bounded.
-    sent = sum(len(request.body) for request in sink.requests_to("/slow-commit"))
-    assert 0 < sent <= 5 * 10
+        def sent() -> int:
+            return sum(len(request.body) for request in sink.requests_to("/slow-commit"))
+
+        async def some_sent() -> bool:
+            return sent() > 0
+
+        await h.eventually(some_sent)
+        await asyncio.sleep(1)  # time to read (and send) well past the bound, were it not held
+
+        # Room for (4 + 1) x maxRecords records in the batcher until stored, and the slots.
+        assert consumer.runner.bulk.held <= consumer.concurrency + 5 * 10
+        # Batches leave on time (maxWaitMs), not always full: it is the records that are bounded.
+        assert 0 < sent() <= 5 * 10
+    finally:
+        committed.set()

@@ -52,7 +52,8 @@ async def test_our_entries_stay_alive_while_every_slot_waits_for_a_down_destinat
     # The read loop waits for a slot (each waits for the 30 s backoff): the stop must not.
     started = time.monotonic()
     await asyncio.wait_for(h.stop_workers(), 20)
-    assert time.monotonic() - started < 5 + 2  # shutdown_timeout_seconds, and some slack
+    # The 5 s shutdown_timeout_seconds and slack for a loaded machine: far from the 30 s backoff.
+    assert time.monotonic() - started < 15
     # Nothing lost: each job is pending (redelivered later), waits for its retry, or was
     # never read (the group's lag).
     pending = (await h.redis.xpending(h.keys.jobs, CONSUMER_GROUP))["pending"]

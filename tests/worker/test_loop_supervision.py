@@ -226,7 +226,7 @@ async def test_the_admin_port_refuses_connections_over_its_cap_and_closes_silent
     from retrieve_worker.admin import serve_admin
 
     h = harness_on(private_redis_server.url)
-    worker = Worker(h.settings(admin_max_connections=2, admin_header_timeout=0.5), h.provider)
+    worker = Worker(h.settings(admin_max_connections=2, admin_header_timeout=3), h.provider)
     app = init_admin_app(worker)
     serving = asyncio.create_task(serve_admin(app, "127.0.0.1", unused_tcp_port))
     opened: list[asyncio.StreamWriter] = []
@@ -246,7 +246,9 @@ async def test_the_admin_port_refuses_connections_over_its_cap_and_closes_silent
             return (await reader.read()).startswith(b"HTTP/1.1 200")
 
         await h.eventually(healthz_answers)
-        silent = [await connect() for _ in range(2)]  # they hold the two places
+        # They hold the two places for the 3 s head deadline: the next connect is over the cap
+        # unless the machine stalls that long in between.
+        silent = [await connect() for _ in range(2)]
         over_reader, _ = await connect()
 
         refused = await asyncio.wait_for(over_reader.read(), 10)

@@ -33,7 +33,13 @@ NO_WAIT = {"maxAttempts": 3, "backoffSeconds": 0, "maxBackoffSeconds": 0}
 
 
 def http(sink: Sink, path: str, **extra: Any) -> dict[str, Any]:
-    return {"url": sink.url_for(path), "timeoutSeconds": 2, **extra}
+    # Generous: a loaded machine stalling the in-process sink must not turn into a retry here.
+    return {"url": sink.url_for(path), "timeoutSeconds": 10, **extra}
+
+
+def rewrite(javascript: str) -> dict[str, Any]:
+    """A rewrite with room to run on a loaded machine (the default `timeoutMs` is 1 s)."""
+    return {"javascript": javascript, "timeoutMs": 10_000}
 
 
 async def stream_len(h: Harness, key: str) -> int:
@@ -51,7 +57,7 @@ async def test_a_job_is_rewritten_mapped_delivered_and_logged_as_succeeded(
     h = harness_factory(
         {
             "shop": {
-                "rewrite": {"javascript": SHOPIFY_REWRITE},
+                "rewrite": rewrite(SHOPIFY_REWRITE),
                 "fieldMapping": MAPPING,
                 "destinations": [
                     {"name": "warehouse", "http": http(sink, "/orders", headers={"X-Api": "k"})}
@@ -219,7 +225,7 @@ async def test_a_rewrite_returning_job_status_0_fails_the_job_without_retry(
     h = harness_factory(
         {
             "skip": {
-                "rewrite": {"javascript": "return {jobStatus: 0, message: 'not an order'};"},
+                "rewrite": rewrite("return {jobStatus: 0, message: 'not an order'};"),
                 "destinations": [{"name": "d", "http": http(sink, "/skip")}],
                 "retry": NO_WAIT,
             }
@@ -245,7 +251,7 @@ async def test_a_throwing_rewrite_is_retried_then_dead_lettered_with_its_error(
     h = harness_factory(
         {
             "boom": {
-                "rewrite": {"javascript": "console.log('before'); throw new Error('no orders');"},
+                "rewrite": rewrite("console.log('before'); throw new Error('no orders');"),
                 "destinations": [{"name": "d", "http": http(sink, "/boom")}],
                 "retry": {"maxAttempts": 2, "backoffSeconds": 0},
             }
@@ -403,12 +409,12 @@ async def test_text_a_rewrite_cut_inside_an_emoji_settles_its_job_and_no_other_i
     h = harness_factory(
         {
             "cut": {
-                "rewrite": {"javascript": CUT_MESSAGE},
+                "rewrite": rewrite(CUT_MESSAGE),
                 "destinations": [{"name": "d", "http": http(sink, "/cut")}],
                 "retry": NO_WAIT,
             },
             "thrown": {
-                "rewrite": {"javascript": f"throw new Error('bad ' + {CUT_IN_AN_EMOJI});"},
+                "rewrite": rewrite(f"throw new Error('bad ' + {CUT_IN_AN_EMOJI});"),
                 "destinations": [{"name": "d", "http": http(sink, "/thrown")}],
                 "retry": {"maxAttempts": 1, "backoffSeconds": 0},
             },
@@ -448,7 +454,7 @@ async def test_a_result_text_is_bounded_whatever_a_rewrite_or_a_payload_holds(
     h = harness_factory(
         {
             "chatty": {
-                "rewrite": {"javascript": "return {jobStatus: 0, message: 'm'.repeat(100000)};"},
+                "rewrite": rewrite("return {jobStatus: 0, message: 'm'.repeat(100000)};"),
                 "destinations": [{"name": "d", "http": http(sink, "/chatty")}],
                 "retry": NO_WAIT,
             },
