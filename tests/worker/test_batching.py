@@ -33,7 +33,7 @@ return {jobStatus: 1, data: orders, message: `${orders.length} orders`};
 def batched(sink: Sink, path: str, max_records: int, max_wait_ms: int, **extra: Any) -> Any:
     return {
         "url": sink.url_for(path),
-        "timeoutSeconds": 2,
+        "timeoutSeconds": 10,  # room for a loaded machine: no test here is about timeouts
         "batch": {"maxRecords": max_records, "maxWaitMs": max_wait_ms, **extra},
     }
 
@@ -229,7 +229,7 @@ async def test_batched_records_delivered_are_not_sent_again_when_another_destina
                     {"name": "bulk", "http": batched(sink, "/mixed-bulk", 10, 20)},
                     {
                         "name": "one",
-                        "http": {"url": sink.url_for("/mixed-one"), "timeoutSeconds": 2},
+                        "http": {"url": sink.url_for("/mixed-one"), "timeoutSeconds": 10},
                     },
                 ],
                 "retry": NO_WAIT,

@@ -40,12 +40,14 @@ async def test_our_entries_stay_alive_while_every_slot_waits_for_a_down_destinat
     sink.always["/down"] = 503
     for n in range(40):
         await h.enqueue("d", {"n": n})
-    await h.start_worker(claim_idle_ms=1000, claim_interval_seconds=0.1)
+    # Entries are kept alive once idle for half of claim_idle_ms: a stall shorter than 1.5 s
+    # between a refresh and the check below cannot make one look abandoned.
+    await h.start_worker(claim_idle_ms=3000, claim_interval_seconds=0.1)
     consumer = consumer_of(h)
-    await asyncio.sleep(3)  # three claim-idle times with the destination down
+    await asyncio.sleep(7)  # over two claim-idle times with the destination down
     ours = set(consumer.in_flight)
     assert ours, "the worker holds the jobs of the down destination"
-    idle = await h.redis.xpending_range(h.keys.jobs, CONSUMER_GROUP, "-", "+", 100, idle=1000)
+    idle = await h.redis.xpending_range(h.keys.jobs, CONSUMER_GROUP, "-", "+", 100, idle=3000)
     # Another worker's XAUTOCLAIM would take (and send again) any of ours idle that long.
     assert [p for p in idle if p["message_id"].decode() in ours] == []
 
