@@ -29,7 +29,7 @@ MAX_CONNECTIONS = 200
 
 
 class Processes:
-    def __init__(self, config: Path, redis_url: str) -> None:
+    def __init__(self, config: Path, redis_url: str, env: dict[str, str] | None = None) -> None:
         self.port, self.admin_port = free_port(), free_port()
         self.process = RetrieveProcess(
             [
@@ -40,7 +40,8 @@ class Processes:
                 "--admin-port", str(self.admin_port),
                 "--redis-url", redis_url,
                 "--processes", "2",
-            ]
+            ],
+            env,
         )  # fmt: skip
 
     def start(self) -> Processes:
@@ -138,7 +139,10 @@ def test_sigterm_drains_a_request_in_flight_then_every_process_exits_cleanly(
     tmp_path: Path, private_redis_server: RedisServer
 ) -> None:
     config = write_fleet_config(tmp_path / "config", "http://127.0.0.1:9")
-    receivers = Processes(config, private_redis_server.url).start()
+    # The request waits for Redis while the processes stop: longer than the 2 s Redis timeout
+    # would allow (a 503) on a loaded machine.
+    redis_wait = {"RETRIEVE_REDIS_TIMEOUT_SECONDS": "30"}
+    receivers = Processes(config, private_redis_server.url, redis_wait).start()
     redis = Redis.from_url(private_redis_server.url)
     parent = receivers.process.process
     assert parent is not None

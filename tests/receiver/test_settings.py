@@ -47,3 +47,31 @@ def test_the_rejected_payload_bound_defaults_to_1_kib_and_is_read_from_its_varia
     assert ReceiverSettings.from_env({}).rejected_payload_bytes == 1024
     variable = {"RETRIEVE_REJECTED_PAYLOAD_BYTES": "0"}
     assert ReceiverSettings.from_env(variable).rejected_payload_bytes == 0
+
+
+def test_the_redis_waits_default_to_2_and_half_a_second_and_are_read_from_their_variables() -> None:
+    """README: `RETRIEVE_REDIS_TIMEOUT_SECONDS` (2) and `RETRIEVE_LOG_WRITE_TIMEOUT_SECONDS`
+    (0.5)."""
+    defaults = ReceiverSettings.from_env({})
+    assert (defaults.redis_timeout, defaults.log_write_timeout) == (2.0, 0.5)
+    read = ReceiverSettings.from_env(
+        {"RETRIEVE_REDIS_TIMEOUT_SECONDS": "30", "RETRIEVE_LOG_WRITE_TIMEOUT_SECONDS": "1.5"}
+    )
+    assert (read.redis_timeout, read.log_write_timeout) == (30.0, 1.5)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        ("RETRIEVE_REDIS_TIMEOUT_SECONDS", "0", "must be above 0"),
+        ("RETRIEVE_LOG_WRITE_TIMEOUT_SECONDS", "0", "must be above 0"),
+        ("RETRIEVE_REDIS_TIMEOUT_SECONDS", "-1", "must not be negative"),
+        ("RETRIEVE_REDIS_TIMEOUT_SECONDS", "nan", "is not a finite number"),
+        ("RETRIEVE_HEADER_TIMEOUT_SECONDS", "inf", "is not a finite number"),
+        ("RETRIEVE_MAX_CONNECTIONS", "ten", "is not a number"),
+    ],
+)
+def test_a_setting_out_of_range_is_refused_with_its_name(name: str, raw: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as refused:
+        ReceiverSettings.from_env({name: raw})
+    assert str(refused.value).startswith(f"{name}={raw!r}")

@@ -42,7 +42,14 @@ class RetrieveProcess:
 
     def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.args = list(args)
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # A refused request's log record may wait 0.5 s for Redis when deployed; tests read
+        # those records back, and a loaded machine's slow fsync must not drop one.
+        self.env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "RETRIEVE_LOG_WRITE_TIMEOUT_SECONDS": "10",
+            **(env or {}),
+        }
         self.log_path = Path(tempfile.mkstemp(prefix="retrieve-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -17,7 +18,9 @@ from retrieve_core.constants import (
     ENV_HEADER_TIMEOUT,
     ENV_IDLE_TIMEOUT,
     ENV_LEAN_HTTP,
+    ENV_LOG_WRITE_TIMEOUT,
     ENV_MAX_CONNECTIONS,
+    ENV_REDIS_TIMEOUT,
     ENV_REDIS_URL,
     ENV_REJECTED_PAYLOAD_BYTES,
 )
@@ -40,9 +43,11 @@ class ReceiverSettings:
     default_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     dns_timeout: float = 2.0
     redis_timeout: float = 2.0
-    """Socket timeout of Redis commands: past it the answer is 503, never a hung request."""
+    """Socket timeout of Redis commands (`RETRIEVE_REDIS_TIMEOUT_SECONDS`); an enqueue waits at
+    most twice this long, then the answer is 503, never a hung request."""
     log_write_timeout: float = 0.5
-    """Best-effort log records of rejected requests wait at most this long."""
+    """Best-effort log records of refused requests wait at most this long for Redis, then are
+    dropped with a warning (`RETRIEVE_LOG_WRITE_TIMEOUT_SECONDS`)."""
     header_timeout: float = 10.0
     """Seconds a connection has to deliver a complete request head, from its opening and from
     the first byte of each later request; then it is closed (`RETRIEVE_HEADER_TIMEOUT_SECONDS`)."""
@@ -75,7 +80,9 @@ class ReceiverSettings:
         """Settings from `RETRIEVE_REDIS_URL`, `RETRIEVE_DNS_SERVERS`, `RETRIEVE_ALLOWED_LIST`,
         `RETRIEVE_ADMIN_HOSTS` and the connection limits (`RETRIEVE_HEADER_TIMEOUT_SECONDS`,
         `RETRIEVE_BODY_TIMEOUT_SECONDS`, `RETRIEVE_IDLE_TIMEOUT_SECONDS`,
-        `RETRIEVE_MAX_CONNECTIONS`, `RETRIEVE_ADMIN_MAX_CONNECTIONS`) and `RETRIEVE_LEAN_HTTP`.
+        `RETRIEVE_MAX_CONNECTIONS`, `RETRIEVE_ADMIN_MAX_CONNECTIONS`), the Redis waits
+        (`RETRIEVE_REDIS_TIMEOUT_SECONDS`, `RETRIEVE_LOG_WRITE_TIMEOUT_SECONDS`, both above 0) and
+        `RETRIEVE_LEAN_HTTP`.
 
         Keyword overrides (from CLI flags) win; a None override is ignored.
         """
@@ -94,6 +101,8 @@ class ReceiverSettings:
             "max_connections": _number(source, ENV_MAX_CONNECTIONS, int),
             "admin_max_connections": _number(source, ENV_ADMIN_MAX_CONNECTIONS, int),
             "rejected_payload_bytes": _number(source, ENV_REJECTED_PAYLOAD_BYTES, int),
+            "redis_timeout": _number(source, ENV_REDIS_TIMEOUT, float, positive=True),
+            "log_write_timeout": _number(source, ENV_LOG_WRITE_TIMEOUT, float, positive=True),
         }
         settings = settings.with_overrides(**limits)
         return settings.with_overrides(**overrides)
@@ -118,8 +127,11 @@ def _flag(source: Mapping[str, str], name: str, *, default: bool) -> bool:
     raise ValueError(f"{name}={raw!r} is not a flag: use 1 or 0")
 
 
-def _number(source: Mapping[str, str], name: str, kind: type[float] | type[int]) -> Any:
-    """A non-negative number from the environment, None when unset; a clear error otherwise."""
+def _number(
+    source: Mapping[str, str], name: str, kind: type[float] | type[int], *, positive: bool = False
+) -> Any:
+    """A non-negative (or, for a wait that 0 would make fail at once, a positive) number from
+    the environment, None when unset; a clear error otherwise."""
     raw = source.get(name, "").strip()
     if not raw:
         return None
@@ -127,6 +139,10 @@ def _number(source: Mapping[str, str], name: str, kind: type[float] | type[int])
         value = kind(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={raw!r} is not a finite number")
     if value < 0:
         raise ValueError(f"{name}={raw!r} must not be negative")
+    if positive and value == 0:
+        raise ValueError(f"{name}={raw!r} must be above 0")
     return value
