@@ -371,14 +371,25 @@ def test_installed_chart_rbac_lets_the_operator_provision_runtime_rbac_and_no_mo
                 kubeconfig=kubeconfig, check=False,
             ).stdout.strip()  # fmt: skip
 
-        assert can("create", "deployments.apps", app_ns, as_operator) == "yes"
-        assert can("patch", "integrations.retrievetl.com/status", app_ns, as_operator) == "yes"
-        assert can("delete", "ingresses.networking.k8s.io", app_ns, as_operator) == "yes"
-        assert can("watch", "secrets", app_ns, as_operator) == "yes"
+        def granted(verb: str, resource: str, namespace: str, kubeconfig: Path) -> str:
+            """`can`, asked again until "yes" for up to 30 s: the API server's authorizer learns
+            of new bindings from a watch, a moment after they are made (a "no" cannot come
+            from that lag the other way, so those are asked once)."""
+            deadline = time.monotonic() + 30
+            while (answer := can(verb, resource, namespace, kubeconfig)) != "yes":
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            return answer
+
+        assert granted("create", "deployments.apps", app_ns, as_operator) == "yes"
+        assert granted("patch", "integrations.retrievetl.com/status", app_ns, as_operator) == "yes"
+        assert granted("delete", "ingresses.networking.k8s.io", app_ns, as_operator) == "yes"
+        assert granted("watch", "secrets", app_ns, as_operator) == "yes"
         assert can("create", "secrets", app_ns, as_operator) == "no"
         assert can("delete", "secrets", app_ns, as_operator) == "no"
         assert can("create", "pods", app_ns, as_operator) == "no"
-        assert can("patch", "clusterkopfpeerings.kopf.dev", "", as_operator) == "yes"
+        assert granted("patch", "clusterkopfpeerings.kopf.dev", "", as_operator) == "yes"
 
         objects = rbac.runtime_rbac_objects(app_ns)
         cluster.kubectl(
@@ -388,8 +399,8 @@ def test_installed_chart_rbac_lets_the_operator_provision_runtime_rbac_and_no_mo
         )  # fmt: skip
 
         as_receiver = cluster.kubeconfig_for_service_account(app_ns, rbac.runtime_name("receiver"))
-        assert can("list", "configmaps", app_ns, as_receiver) == "yes"
-        assert can("watch", "secrets", app_ns, as_receiver) == "yes"
+        assert granted("list", "configmaps", app_ns, as_receiver) == "yes"
+        assert granted("watch", "secrets", app_ns, as_receiver) == "yes"
         assert can("create", "configmaps", app_ns, as_receiver) == "no"
         assert can("get", "secrets", kube_namespace, as_receiver) == "no"
         assert can("list", "integrations.retrievetl.com", app_ns, as_receiver) == "no"

@@ -299,10 +299,12 @@ def test_a_gateway_that_does_not_allow_the_route_is_named_in_the_ready_condition
     assert condition["status"] == "False"
     assert "Gateway infra/shared-gw listener web refused it" in condition["message"]
     assert f"NotAllowedByListeners: {refusal}" in condition["message"]
-    events = json.loads(world.kubectl("get", "events", "-o", "json"))["items"]
-    assert any(e["reason"] == "RouteNotAccepted" and e["type"] == "Warning" for e in events), [
-        e["reason"] for e in events
-    ]
+
+    def warned() -> bool:  # Events are posted in the background, after the status patch
+        events = json.loads(world.kubectl("get", "events", "-o", "json"))["items"]
+        return any(e["reason"] == "RouteNotAccepted" and e["type"] == "Warning" for e in events)
+
+    eventually(warned, "a RouteNotAccepted Warning event")
 
     # Accepted, but the backend does not resolve (e.g. a ReferenceGrant is missing).
     report(

@@ -127,10 +127,13 @@ def test_an_application_gets_every_child_owned_labelled_and_as_specified(world: 
     assert prefixes <= {"retrievetl.com", "kubectl.kubernetes.io"}, list(meta["annotations"])
     assert meta["finalizers"] == ["retrievetl.com/finalizer"]
 
-    events = json.loads(world.kubectl("get", "events", "-o", "json"))["items"]
-    assert any(
-        e["reason"] == "Created" and e["involvedObject"]["name"] == "yourapp" for e in events
-    )
+    def created() -> bool:  # Events are posted in the background, after the status patch
+        events = json.loads(world.kubectl("get", "events", "-o", "json"))["items"]
+        return any(
+            e["reason"] == "Created" and e["involvedObject"]["name"] == "yourapp" for e in events
+        )
+
+    eventually(created, "a Created event on yourapp")
 
 
 def test_an_integration_created_before_its_application_recovers_when_it_appears(

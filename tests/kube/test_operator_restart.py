@@ -85,13 +85,17 @@ def applies(cluster: KubeTestCluster, kinds: tuple[str, ...] = UNCHANGED_KINDS) 
 
 
 def versions(world: Cluster, names: list[str]) -> dict[str, str]:
-    """kind/name -> resourceVersion of the objects in the test's namespace."""
+    """kind/name -> resourceVersion of the objects in the test's namespace; for Deployments
+    their generation, which only a spec change moves (kube-controller-manager keeps writing
+    their status, and so their resourceVersion, for a while after they are made)."""
     found: dict[str, str] = {}
     for kind in UNCHANGED_KINDS:
         listed: dict[str, Any] = json.loads(world.kubectl("get", kind, "-o", "json"))
         for item in listed["items"]:
             meta = item["metadata"]
-            if kind != "serviceaccounts" or meta["name"].startswith("retrieve-"):
+            if kind == "deployments":
+                found[f"{kind}/{meta['name']}"] = f"generation {meta['generation']}"
+            elif kind != "serviceaccounts" or meta["name"].startswith("retrieve-"):
                 found[f"{kind}/{meta['name']}"] = meta["resourceVersion"]
     for name in names:
         obj = world.get("integration", name)

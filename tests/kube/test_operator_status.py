@@ -164,7 +164,19 @@ def test_kubectl_get_rint_shows_the_counters_read_from_redis(
     assert status(world, "refunds").get("lastReceivedAt") is None
 
     # Unchanged counters are not written again: through two status rounds that changed only
-    # refunds (the same poll covers both), the resourceVersion of orders stays.
+    # refunds (the same poll covers both), the resourceVersion of orders stays. First the
+    # reconcile's own writes must be over: its status, then kopf's diff-base annotation.
+    for name in ("orders", "refunds"):
+        world.wait_ready("integration", name, "Reconciled", timeout=WAIT)
+    eventually(
+        lambda: all(
+            "retrievetl.com/last-handled-configuration"
+            in ((world.get("integration", n) or {})["metadata"].get("annotations") or {})
+            for n in ("orders", "refunds")
+        ),
+        "kopf's diff-base on both Integrations",
+        WAIT,
+    )
     version = (world.get("integration", "orders") or {})["metadata"]["resourceVersion"]
     status_rounds(world, store, keys, "refunds", refunds_id)
     assert (world.get("integration", "orders") or {})["metadata"]["resourceVersion"] == version

@@ -249,10 +249,12 @@ async def send_load(
     attempts: int = 1,
     retry_statuses: frozenset[int] = frozenset(),
     start: int = 0,
-    timeout: float = 5.0,
+    timeout: float = 30.0,
 ) -> None:
     """Sends `count` requests (sequence numbers start..start+count-1), `concurrency` at a time,
-    at most `rate` a second when given."""
+    at most `rate` a second when given. `timeout` is far above any answer the receiver gives
+    (its Redis waits end in a 503 within seconds): a request stored but answered late on a
+    loaded machine must not count as refused."""
     numbers = itertools.count(start)
     end = start + count
     began = time.monotonic()

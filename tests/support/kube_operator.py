@@ -37,7 +37,7 @@ T = TypeVar("T")
 # ------------------------------------------------------------------------------- helpers
 
 
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+def eventually(probe: Callable[[], T | None], what: str, timeout: float = 90.0) -> T:
     """Poll until `probe` returns something truthy; fail with `what` after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -88,7 +88,7 @@ class Cluster:
         return None
 
     def wait_ready(
-        self, kind: str, name: str, reason: str, namespace: str | None = None, timeout: float = 30
+        self, kind: str, name: str, reason: str, namespace: str | None = None, timeout: float = 90
     ) -> dict[str, Any]:
         def probe() -> dict[str, Any] | None:
             condition = self.ready(kind, name, namespace)
