@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from retrieve_core.config import SecretStore
-from retrieve_core.keys import CONSUMER_GROUP
+from retrieve_core.keys import CONSUMER_GROUP, AppKeys
 from retrieve_core.logstore import LogStatus
 from retrieve_core.provider import ConfigProvider
+from retrieve_worker import queue
+from retrieve_worker.queue import Committer, Completion, ensure_group
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
@@ -94,4 +98,34 @@ async def test_an_outcome_is_stored_once_redis_is_back_and_the_job_is_not_delive
         assert pending["pending"] == 0
     finally:
         await h.stop_workers()
+        await redis.aclose()
+
+
+async def test_an_outcome_call_gives_up_once_redis_stays_away_past_its_bound(
+    private_redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call is sent again for a bounded time (`COMMIT_RETRY_SECONDS`, here 1 s), then fails:
+    the job stays pending and is delivered again later; the worker is not held up for ever."""
+    keys = AppKeys("shop", "gives-up")
+    redis = Redis.from_url(private_redis_server.url, socket_timeout=1, socket_connect_timeout=1)
+    sent = 0
+    run = queue.FINISH.run
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal sent
+        sent += 1
+        return await run(*args, **kwargs)
+
+    monkeypatch.setattr(queue.FINISH, "run", counted)
+    try:
+        await ensure_group(redis, keys)
+        added = await redis.xadd(keys.jobs, {"job": "{}"})
+        entry = added.decode() if isinstance(added, bytes) else added
+        await redis.xreadgroup(CONSUMER_GROUP, "w1", {keys.jobs: ">"})
+        private_redis_server.stop()
+        with pytest.raises(RedisConnectionError):  # the test's own timeout if it never ends
+            await Committer(redis, keys, retry_seconds=1.0).commit(Completion(entry))
+        assert sent >= 3  # sent again while the bound lasted (0.1, 0.2, 0.4 s pauses...)
+    finally:
+        private_redis_server.start()
         await redis.aclose()

@@ -212,8 +212,10 @@ class DelayedMover:
         return int(moved)
 
 
-COMMIT_RETRY_SECONDS = 30.0
-"""How long an outcome call is sent again while Redis is unreachable (a restart, a failover)."""
+COMMIT_RETRY_SECONDS = 120.0
+"""How long an outcome call is sent again while Redis is unreachable (a restart, a failover, a
+pod rescheduled with its volume): the job was delivered, and the outcome dropped would have it
+delivered again. A worker that is stopping gives up at its shutdown timeout."""
 COMMIT_RETRY_FIRST_PAUSE = 0.1
 COMMIT_RETRY_MAX_PAUSE = 2.0
 
