@@ -122,7 +122,7 @@ async def wait_for_status(server: DevServer, integration: str, status: str) -> N
     raise AssertionError(f"no {status} record for {integration}:\n{server.process.output()}")
 
 
-def poll(check: Callable[[], T | None], what: str, timeout: float = 15.0) -> T:
+def poll(check: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
     """Retry `check` (the page re-renders every few seconds, so elements may go stale)."""
     from selenium.common.exceptions import WebDriverException
 

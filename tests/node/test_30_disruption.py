@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -106,13 +107,16 @@ def _assert_each_accepted_delivered_once(result: dict[str, Any], first: int, cou
     assert twice == {}, f"delivered more than once: {twice}"
 
 
-def _wait_replaced(namespace: str, selector: str, gone: str, replicas: int) -> None:
+def _wait_replaced(namespace: str, selector: str, gone: dict[str, Any], replicas: int) -> None:
+    """`replicas` ready pods, none of them `gone` (told by UID: a StatefulSet's replacement
+    has the same name)."""
+
     def replaced() -> bool:
         ready = node.ready_pods(namespace, selector)
-        names = {p["metadata"]["name"] for p in ready}
-        return len(ready) == replicas and gone not in names
+        uids = {p["metadata"]["uid"] for p in ready}
+        return len(ready) == replicas and gone["metadata"]["uid"] not in uids
 
-    node.eventually(f"{gone} to be replaced", replaced, timeout=120)
+    node.eventually(f"{gone['metadata']['name']} to be replaced", replaced, timeout=120)
 
 
 def _started(stream: node.Stream, first: int) -> None:
@@ -127,6 +131,18 @@ def _started(stream: node.Stream, first: int) -> None:
     assert stream.proc.poll() is None, "the stream ended before the pod was deleted: make it longer"
 
 
+STREAM_BOUNDS = ("--duration", "150", "--deadline", "300")
+"""Caps only: a stream sends until the test has seen the replacement serve (`stop_sending`)."""
+SENT_AFTER_RECOVERY = 3.0
+
+
+def _stop_after_recovery(stream: node.Stream) -> None:
+    """A few more seconds of webhooks through the replaced pod, then no new ones."""
+    time.sleep(SENT_AFTER_RECOVERY)
+    assert stream.proc.poll() is None, "the stream ended before the replacement was ready"
+    stream.stop_sending()
+
+
 def _delete_while_streaming(stream: node.Stream, namespace: str, victim: str) -> None:
     """Delete the pod and wait until it is gone (its preStop hook and SIGTERM drain included),
     while the stream is still sending: the pod really stopped under load."""
@@ -137,27 +153,31 @@ def _delete_while_streaming(stream: node.Stream, namespace: str, victim: str) ->
 @pytest.mark.parametrize("component", [RECEIVER, WORKER], ids=["receiver", "worker"])
 def test_a_pod_deleted_under_load_loses_nothing(component: str) -> None:
     first, count = _first_id(), 5000
-    victim = node.ready_pods(node.APP_NAMESPACE, component)[0]["metadata"]["name"]
+    victim = node.ready_pods(node.APP_NAMESPACE, component)[0]
     stream = node.Stream(
-        "--count", str(count), "--first-id", str(first), "--interval", "0.02", "--duration", "30"
-    )
+        "--count", str(count), "--first-id", str(first), "--interval", "0.02",
+        *STREAM_BOUNDS,
+    )  # fmt: skip
     _started(stream, first)
-    _delete_while_streaming(stream, node.APP_NAMESPACE, victim)
+    _delete_while_streaming(stream, node.APP_NAMESPACE, victim["metadata"]["name"])
+    _wait_replaced(node.APP_NAMESPACE, component, victim, replicas=2)
+    _stop_after_recovery(stream)
     result = stream.result()
     _assert_each_accepted_delivered_once(result, first, count)
-    _wait_replaced(node.APP_NAMESPACE, component, victim, replicas=2)
 
 
 def test_redis_deleted_answers_503_then_recovers_from_its_volume() -> None:
     first, count = _first_id(), 5000
-    victim = node.ready_pods(node.RELEASE_NAMESPACE, REDIS)[0]["metadata"]["name"]
+    victim = node.ready_pods(node.RELEASE_NAMESPACE, REDIS)[0]
     claim_before = node.kubectl_json("-n", node.RELEASE_NAMESPACE, "get", "pvc")["items"][0]
     stream = node.Stream(
         "--count", str(count), "--first-id", str(first), "--interval", "0.05",
-        "--concurrency", "2", "--duration", "40",
+        "--concurrency", "2", *STREAM_BOUNDS,
     )  # fmt: skip
     _started(stream, first)
-    _delete_while_streaming(stream, node.RELEASE_NAMESPACE, victim)
+    _delete_while_streaming(stream, node.RELEASE_NAMESPACE, victim["metadata"]["name"])
+    _wait_replaced(node.RELEASE_NAMESPACE, REDIS, victim, replicas=1)
+    _stop_after_recovery(stream)
     result = stream.result()
     assert result["answers"].get("503", 0) > 0, result["answers"]
     # While Redis is away every receiver may be unready at once: Traefik then answers 503
@@ -171,8 +191,10 @@ def test_redis_deleted_answers_503_then_recovers_from_its_volume() -> None:
 
 
 def test_a_new_operator_pod_takes_over_and_repairs_drift() -> None:
-    victim = node.ready_pods(node.RELEASE_NAMESPACE, OPERATOR)[0]["metadata"]["name"]
-    node.kubectl("-n", node.RELEASE_NAMESPACE, "delete", "pod", victim, "--wait=true")
+    victim = node.ready_pods(node.RELEASE_NAMESPACE, OPERATOR)[0]
+    node.kubectl(
+        "-n", node.RELEASE_NAMESPACE, "delete", "pod", victim["metadata"]["name"], "--wait=true"
+    )
     _wait_replaced(node.RELEASE_NAMESPACE, OPERATOR, victim, replicas=1)
 
     before = node.kubectl_json("-n", node.APP_NAMESPACE, "get", "ingress", "yourapp-webhook")

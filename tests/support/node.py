@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -156,6 +157,8 @@ class Stream:
     def __init__(self, *args: str, path: str = f"/integration/{JSON_ID}") -> None:
         python = str(REPO_ROOT / ".venv" / "bin" / "python")
         argv = [python, "-m", "tests.support.node_stream", "--url", f"{INGRESS}{path}"]
+        self.stop_file = Path(tempfile.mkdtemp(prefix="retrieve-stream-")) / "stop"
+        argv += ["--stop-file", str(self.stop_file)]
         self.proc = subprocess.Popen(
             [str(RUN), *argv, "--host", HOST, *args],
             stdout=subprocess.PIPE,
@@ -163,6 +166,10 @@ class Stream:
             text=True,
             cwd=REPO_ROOT,
         )
+
+    def stop_sending(self) -> None:
+        """No new webhooks from now on (those under way are still retried until answered)."""
+        self.stop_file.touch()
 
     def result(self, timeout: float = 300.0) -> dict[str, Any]:
         out, err = self.proc.communicate(timeout=timeout)

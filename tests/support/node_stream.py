@@ -5,7 +5,8 @@ Each webhook is a Shopify-style order with its own ``X-Shopify-Webhook-Id``; a c
 a 5xx is retried with the same id (as Shopify retries) until the webhook is answered 200 or the
 deadline passes. Prints one JSON object: which order ids were accepted, the answers seen, and how
 many retries it took. Stops by itself after ``--count`` webhooks or ``--duration`` seconds of
-sending, and gives up retrying after ``--deadline`` seconds.
+sending (sooner once ``--stop-file`` exists: the test says when it has seen enough), and gives
+up retrying after ``--deadline`` seconds.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import collections
 import json
+import os
 import sys
 import time
 
@@ -32,6 +34,7 @@ async def main(argv: list[str]) -> int:
         "--duration", type=float, default=0.0, help="stop sending new webhooks after"
     )
     parser.add_argument("--deadline", type=float, default=120.0, help="stop retrying after")
+    parser.add_argument("--stop-file", default="", help="stop sending once this file exists")
     parser.add_argument("--sender", default="127.0.0.1")
     args = parser.parse_args(argv)
 
@@ -87,8 +90,13 @@ async def main(argv: list[str]) -> int:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
+    def sending() -> bool:
+        if time.monotonic() >= send_until:
+            return False
+        return not (args.stop_file and os.path.exists(args.stop_file))
+
     async def sender(session: aiohttp.ClientSession) -> None:
-        while not queue.empty() and time.monotonic() < send_until:
+        while not queue.empty() and sending():
             order_id = queue.get_nowait()
             await send(session, order_id)
             await asyncio.sleep(args.interval)

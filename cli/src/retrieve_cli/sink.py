@@ -135,7 +135,7 @@ class Sink:
                 raise AssertionError(f"sink answered fewer than {count}: {self.requests}")
             await asyncio.sleep(0.05)
 
-    async def wait_for(self, count: int, path: str | None = None, timeout: float = 20.0) -> None:
+    async def wait_for(self, count: int, path: str | None = None, timeout: float = 60.0) -> None:
         """Waits until `count` deliveries (to `path`, if given) arrived."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
