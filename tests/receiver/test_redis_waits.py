@@ -3,6 +3,8 @@ request (`RETRIEVE_REDIS_TIMEOUT_SECONDS`, `RETRIEVE_LOG_WRITE_TIMEOUT_SECONDS`)
 
 from __future__ import annotations
 
+import logging
+
 import aiohttp
 import pytest
 from redis.asyncio import Redis
@@ -43,7 +45,9 @@ async def test_an_enqueue_that_redis_does_not_answer_is_a_503_after_the_redis_ti
 
 
 async def test_a_refused_request_is_answered_while_its_log_record_waits_for_redis(
-    receiver_client: ClientFactory, private_redis_server: RedisServer
+    receiver_client: ClientFactory,
+    private_redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     app = make_app(allowed=["203.0.113.0"], integrations=[make_integration(ORDER_ID)])
     client = await receiver_client(
@@ -56,8 +60,11 @@ async def test_a_refused_request_is_answered_while_its_log_record_waits_for_redi
     redis = Redis.from_url(private_redis_server.url)
     try:
         await redis.client_pause(STALL_MS, all=False)
-        refused = await client.post(f"/integration/{ORDER_ID}", json={"n": 1}, timeout=PATIENCE)
+        with caplog.at_level(logging.WARNING, logger="retrieve_receiver"):
+            refused = await client.post(f"/integration/{ORDER_ID}", json={"n": 1}, timeout=PATIENCE)
         assert refused.status == 403
+        dropped = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("log record of a 403 answer not stored" in r.getMessage() for r in dropped)
     finally:
         await redis.client_unpause()
         await redis.aclose()
